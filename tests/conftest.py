@@ -1,0 +1,60 @@
+"""Shared offline fixtures: a tokenizer trained here, tiny Qwen2 models, the demo world."""
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import toy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    rng = random.Random(0)
+    rows = [toy.make_problem(rng) for _ in range(300)]
+    return toy.train_tokenizer([f"{r['problem']}\n{toy.SUFFIX}" for r in rows] + [r["solution"] for r in rows])
+
+
+def save_tiny(path: Path, tokenizer, vocab_rows: int, seed: int = 0, tied: bool = True) -> Path:
+    """A random tiny Qwen2 model with `vocab_rows` head rows and `tokenizer`, saved to `path`."""
+    model = toy.tiny_qwen2(vocab_rows, tied=tied, seed=seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory, tokenizer):
+    """(student dir, teacher dir, train jsonl): random models; the teacher's head has 64 extra rows."""
+    root = tmp_path_factory.mktemp("pair")
+    student = save_tiny(root / "student", tokenizer, len(tokenizer), seed=1)
+    teacher = save_tiny(root / "teacher", tokenizer, len(tokenizer) + 64, seed=2, tied=False)
+    rng = random.Random(1)
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(toy.make_problem(rng)) + "\n" for _ in range(64)))
+    return student, teacher, data
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory):
+    """The demo world of configs/toy.yaml, built once per test session (about two minutes)."""
+    return toy.build(tmp_path_factory.mktemp("toy") / "world")
+
+
+def tiny_args(student, teacher, data, out, *extra) -> list[str]:
+    """scope.py arguments for a fast run on the tiny random models."""
+    return ["--student", str(student), "--teacher", str(teacher), "--train-data", str(data),
+            "--eval-every", "0", "--group-size", "4", "--batch-size", "4", "--max-new-tokens", "12",
+            "--max-steps", "2", "--save-every", "2", "--output-dir", str(out),
+            "--gradient-checkpointing", "false", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

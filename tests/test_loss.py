@@ -1,0 +1,170 @@
+"""scope_loss, pinned on numbers small enough to check by hand (METHOD.md, Eqs. 1-6)."""
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from scope import Config, group_softmax, scope_loss
+
+CFG = Config()
+
+
+def rollouts(nll_student, nll_teacher, correct, group, tokens=2):
+    """Per-token tensors whose per-rollout mean NLLs are the given numbers (each token has that NLL)."""
+    n = len(correct)
+    logp = (-torch.tensor(nll_student, dtype=torch.float32)[:, None].repeat(1, tokens)).requires_grad_()
+    teacher = -torch.tensor(nll_teacher, dtype=torch.float32)[:, None].repeat(1, tokens)
+    mask = torch.ones(n, tokens, dtype=torch.bool)
+    return logp, teacher, mask, torch.tensor(correct), torch.tensor(group)
+
+
+def weights(cfg, *args, **kw):
+    logp, teacher, mask, correct, group = rollouts(*args, **kw)
+    _, info = scope_loss(logp, teacher, mask, correct, group, cfg, norm=float(mask.sum()))
+    return info["weight"]
+
+
+def test_student_weight_is_softmax_of_student_nll_over_the_correct_subset():
+    # Two correct rollouts with mean NLL 1 and 2 (PPL e and e^2): w = softmax([1, 2]), times 2 (mean 1).
+    w = weights(CFG, [1.0, 2.0], [5.0, 5.0], [True, True], [0, 0])
+    expected = torch.softmax(torch.tensor([1.0, 2.0]), 0) * 2
+    assert torch.allclose(w, expected)
+    assert w[1] > w[0]  # the less certain correct answer weighs more (Eq. 4)
+
+
+def test_teacher_weight_falls_as_teacher_perplexity_rises():
+    w = weights(CFG, [1.0, 1.0, 1.0], [0.5, 1.0, 3.0], [False, False, False], [0, 0, 0])
+    assert w[0] > w[1] > w[2]
+    assert torch.allclose(w, torch.softmax(-torch.tensor([0.5, 1.0, 3.0]), 0) * 3)  # Eq. 5
+
+
+def test_tau_sharpens_when_small_and_flattens_when_large():
+    args = ([1.0, 2.0], [0.0, 0.0], [True, True], [0, 0])
+    sharp = weights(replace(CFG, tau=0.25), *args)
+    base = weights(CFG, *args)
+    flat = weights(replace(CFG, tau=100.0), *args)
+    assert sharp[1] - sharp[0] > base[1] - base[0] > flat[1] - flat[0] > 0
+    assert torch.allclose(flat, torch.ones(2), atol=0.01)
+    assert torch.allclose(sharp, torch.softmax(torch.tensor([4.0, 8.0]), 0) * 2)
+
+
+def test_one_prompts_rollouts_never_change_another_prompts_weights():
+    a = weights(CFG, [1.0, 2.0, 0.3, 0.9], [1.0, 2.0, 0.2, 4.0], [True, False, True, False], [0, 0, 1, 1])
+    b = weights(CFG, [1.0, 2.0, 7.0, 0.1], [1.0, 2.0, 9.0, 0.1], [True, False, True, False], [0, 0, 1, 1])
+    assert torch.equal(a[:2], b[:2])
+
+
+def test_group_softmax_normalises_within_each_prompt_and_subset():
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    group = torch.tensor([0, 0, 0, 1, 1])
+    member = torch.tensor([True, True, False, True, True])
+    w = group_softmax(scores, group, member, mean_one=False)
+    assert w[2] == 0
+    assert torch.allclose(w[:2].sum(), torch.tensor(1.0)) and torch.allclose(w[3:].sum(), torch.tensor(1.0))
+
+
+def test_all_correct_group_has_only_the_mle_path():
+    logp, teacher, mask, correct, group = rollouts([1.0, 2.0], [9.0, 9.0], [True, True], [0, 0])
+    loss, info = scope_loss(logp, teacher, mask, correct, group, CFG, norm=4.0)
+    assert info["loss_opd"] == 0
+    # value of the MLE path: -(sum of weights x tokens) / norm = -(2 weights averaging 1 x 2 tokens) / 4
+    assert math.isclose(info["loss_mle"].item(), -1.0, rel_tol=1e-6)
+
+
+def test_all_wrong_group_has_only_the_opd_path_and_its_value_is_the_k1_kl():
+    logp, teacher, mask, correct, group = rollouts([1.0, 1.0], [3.0, 3.0], [False, False], [0, 0])
+    loss, info = scope_loss(logp, teacher, mask, correct, group, CFG, norm=4.0)
+    assert info["loss_mle"] == 0
+    # A = log pi_old - log pi_T = -1 - (-3) = 2 on every token; uniform weights (equal teacher PPL)
+    assert math.isclose(info["loss_opd"].item(), 2.0, rel_tol=1e-6)
+    assert math.isclose(loss.item(), 2.0, rel_tol=1e-6)
+
+
+def test_a_subset_of_one_gets_weight_one_and_an_empty_subset_contributes_nothing():
+    w = weights(CFG, [1.0, 5.0], [0.1, 4.0], [True, False], [0, 0])
+    assert torch.equal(w, torch.ones(2))
+    w_sum = weights(replace(CFG, weight_scale="sum"), [1.0, 5.0], [0.1, 4.0], [True, False], [0, 0])
+    assert torch.equal(w_sum, torch.ones(2))
+
+
+def test_sum_scale_makes_each_subset_sum_to_one():
+    w = weights(replace(CFG, weight_scale="sum"), [1.0, 2.0, 3.0], [1.0, 1.0, 1.0], [True, True, False], [0, 0, 0])
+    assert torch.allclose(w[:2].sum(), torch.tensor(1.0)) and w[2] == 1
+
+
+@pytest.mark.parametrize("switch, value, path", [("student_weight", "uniform", "mle"),
+                                                 ("teacher_weight", "uniform", "opd")])
+def test_uniform_switch_gives_equal_weights_on_its_path(switch, value, path):
+    cfg = replace(CFG, **{switch: value})
+    correct = path == "mle"
+    w = weights(cfg, [1.0, 3.0], [0.5, 2.5], [correct, correct], [0, 0])
+    assert torch.equal(w, torch.ones(2))
+
+
+def test_reversed_switches_flip_the_direction_of_each_weight():
+    stu = weights(replace(CFG, student_weight="reversed"), [1.0, 2.0], [0.0, 0.0], [True, True], [0, 0])
+    tea = weights(replace(CFG, teacher_weight="reversed"), [1.0, 1.0], [0.5, 3.0], [False, False], [0, 0])
+    assert stu[0] > stu[1]  # released code: low-perplexity correct answers weigh more
+    assert tea[1] > tea[0]  # reversed: the teacher-implausible failure weighs more
+    assert torch.allclose(stu, torch.softmax(-torch.tensor([1.0, 2.0]), 0) * 2)
+
+
+def test_plain_opd_sends_correct_rollouts_to_the_reverse_kl_path_too():
+    cfg = replace(CFG, route_by_correctness=False, teacher_weight="uniform")
+    logp, teacher, mask, correct, group = rollouts([1.0, 2.0], [3.0, 3.0], [True, False], [0, 0])
+    _, info = scope_loss(logp, teacher, mask, correct, group, cfg, norm=4.0)
+    assert info["loss_mle"] == 0
+    # uniform weights: mean over 4 tokens of A = (2, 2, 1, 1)
+    assert math.isclose(info["loss_opd"].item(), 1.5, rel_tol=1e-6)
+
+
+def test_weights_carry_no_gradient_and_rho_is_one_in_value():
+    logp, teacher, mask, correct, group = rollouts([1.0, 2.0], [1.0, 3.0], [True, False], [0, 0])
+    loss, info = scope_loss(logp, teacher, mask, correct, group, CFG, norm=4.0)
+    assert not info["weight"].requires_grad
+    loss.backward()
+    # d loss / d logp: correct row -w/norm per token (MLE); wrong row w*A/norm (A = -2 - (-3) = 1)
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [0.25, 0.25]]))
+
+
+def test_padding_tokens_never_enter_the_loss():
+    logp, teacher, mask, correct, group = rollouts([1.0, 1.0], [3.0, 3.0], [False, False], [0, 0], tokens=3)
+    mask[0, 2] = False
+    logp_pad = logp.detach().clone()
+    logp_pad[0, 2] = -50.0  # garbage under the mask
+    logp_pad.requires_grad_()
+    a, _ = scope_loss(logp, teacher, mask, correct, group, CFG, norm=5.0)
+    b, _ = scope_loss(logp_pad, teacher, mask, correct, group, CFG, norm=5.0)
+    assert torch.allclose(a, b)
+    b.backward()
+    assert logp_pad.grad[0, 2] == 0
+
+
+def test_opd_step_raises_tokens_the_teacher_prefers_and_lowers_those_it_does_not():
+    """One SGD step on the reverse-KL path, a two-token vocabulary, one position."""
+    logits = torch.zeros(2, requires_grad=True)  # student: p = (0.5, 0.5)
+    teacher = torch.log(torch.tensor([0.9, 0.1]))  # teacher prefers token 0
+    for token in (0, 1):  # the two sampled rollouts, both wrong
+        logp = logits.log_softmax(-1)[token].reshape(1, 1)
+        loss, _ = scope_loss(logp, teacher[token].reshape(1, 1), torch.ones(1, 1, dtype=torch.bool),
+                             torch.tensor([False]), torch.tensor([0]), CFG, norm=1.0)
+        before = logits.log_softmax(-1)[token].item()
+        logits.grad = None
+        loss.backward()
+        with torch.no_grad():
+            after = (logits - 0.5 * logits.grad).log_softmax(-1)[token].item()
+        if token == 0:
+            assert after > before  # the teacher likes it more than the student: gains probability
+        else:
+            assert after < before  # the teacher likes it less: loses probability
+
+
+def test_mle_step_raises_the_probability_of_a_correct_answer():
+    logits = torch.zeros(3, requires_grad=True)
+    logp = logits.log_softmax(-1)[2].reshape(1, 1)
+    loss, _ = scope_loss(logp, torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool), torch.tensor([True]),
+                         torch.tensor([0]), CFG, norm=1.0)
+    loss.backward()
+    with torch.no_grad():
+        assert (logits - 0.5 * logits.grad).log_softmax(-1)[2] > logits.log_softmax(-1)[2]
