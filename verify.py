@@ -1,0 +1,1314 @@
+"""Grade a model's final answer against a gold answer, with neither regular expressions nor sympy.
+
+    python verify.py "... so \\boxed{\\frac{1}{2}}." "0.5"   # prints the answer and the verdict
+    python verify.py --file results.jsonl      # lines of {"response": ..., "answer": ...}
+    python verify.py --fallback ...            # also take the last number of an unmarked response
+
+SCOPE routes every rollout through `grade`: a wrong verdict either sends a correct answer to
+teacher correction or reinforces a wrong one. The checker works in four steps, one section each:
+
+1. Extraction: the last \\boxed{...} of the response, else `####`, "the answer is ...", ...
+2. Normalisation: LaTeX spellings, units, degrees, percent signs and thousands separators are
+   removed, so that both answers are written the same way.
+3. Parsing and evaluation: a small recursive-descent parser turns an answer into a tree, which
+   is evaluated exactly on rationals where it can be, in complex floats where not (pi, sqrt 2).
+   Answers with variables are compared at a few fixed pseudo-random points.
+4. Structures: tuples and intervals (ordered, brackets matter), sets and lists (unordered),
+   unions, matrices, equations and inequalities, multiple-choice letters and plain text.
+
+Only the standard library is used, and none of it that loads `re` (fractions, string, json and
+argparse all do, which is why this file carries its own rationals and a tiny JSON reader).
+Every input is capped in length, nesting depth, number size and exponent, and the public
+functions return None or False rather than raise.
+"""
+
+import cmath
+import functools
+import math
+import random
+import sys
+
+MAX_RESPONSE_CHARS = 20_000  # only the tail of a response is searched for the answer
+MAX_ANSWER_CHARS = 2_000  # longer answers are compared verbatim, not parsed
+MAX_DEPTH = 40  # nesting of brackets, signs and function calls the parser accepts
+MAX_DIGITS = 1_000  # digits in one number literal
+MAX_EXP10 = 1_000  # largest |exponent| in e-notation such as 4.5e33
+MAX_BITS = 10_000  # largest numerator or denominator of an exact rational, in bits
+MAX_FACTORIAL = 1_000
+MAX_ITEMS = 64  # elements of a list, set, tuple or matrix
+MAX_VARS = 12  # distinct variables in one comparison
+N_POINTS = 6  # random points at which expressions with variables are compared
+REL_TOL = 1e-6  # for values that are not exact rationals
+
+
+class _Unparsed(Exception):
+    """Raised when an answer is not an expression the parser understands; it is then text."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Extraction
+# ---------------------------------------------------------------------------------------------
+
+_PHRASES = ("final answer is", "final answer:", "the answer is", "answer:")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def extract_answer(text: str, fallback: bool = False) -> str | None:
+    """The final answer of a model response, or None.
+
+    Looks after the last </think> (a response that opened <think> and never closed it has no
+    answer) for, in order: the last \\boxed{...} or \\fbox{...}; a `####` line; "the answer is
+    ...", "Final Answer: ..."; a short one-line response, which is its own answer; and, only if
+    `fallback` is set, the last number. An empty or unclosed last box gives None.
+    """
+    try:
+        return _extract(text, fallback)
+    except Exception:
+        return None
+
+
+def _extract(text, fallback):
+    if not isinstance(text, str):
+        return None
+    end = text.rfind("</think>")
+    if end >= 0:
+        text = text[end + len("</think>"):]
+    elif "<think>" in text:
+        return None  # the model stopped before it finished thinking
+    text = text[-MAX_RESPONSE_CHARS:]
+    answer = _boxed_answer(text)
+    if answer is None and "####" in text:  # GSM8K style
+        answer = text[text.rfind("####") + 4:].strip().split("\n")[0]
+    if answer is None:
+        answer = _phrase_answer(text)
+    if answer is None and "\n" not in text.strip() and len(text) <= 200:
+        answer = text
+    if answer is None and fallback:
+        answer = _last_number(text)
+    return None if answer is None else _clean(answer)
+
+
+def _match_brace(s, i):
+    """Index of the '}' closing the '{' at s[i], or -1. Escaped braces (\\{ \\}) do not count."""
+    depth = 0
+    j, n = i, len(s)
+    while j < n:
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return -1
+
+
+def _box_at(text, start):
+    """(content, end) of the box command at text[start]; content is None when it is unclosed."""
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        j = _match_brace(text, i)
+        return (None, i) if j < 0 else (text[i + 1:j], j + 1)
+    j = i
+    while j < len(text) and text[j] not in " \n$":  # the short form: \boxed 5
+        j += 1
+    return text[i:j], j
+
+
+def _is_connector(gap):
+    """Does the text between two boxes only join them, as in `\\boxed{2}$ and $\\boxed{3}`?"""
+    if len(gap) > 40:
+        return False
+    for word in ("\\text", "\\quad", "and", "or", "$", ",", ";", "{", "}", "\\(", "\\)"):
+        gap = gap.replace(word, "")
+    return not gap.strip()
+
+
+def _boxed_answer(text):
+    """Content of the last box, with boxes just before it that only a connector separates
+    joined by commas (`\\boxed{2} and \\boxed{3}` gives `2, 3`). None when there is no box,
+    '' when the last box is empty or unclosed."""
+    found, end = [], len(text)
+    while len(found) < MAX_ITEMS:
+        start = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if start < 0:
+            break
+        content, stop = _box_at(text, start)
+        if not found and content is None:
+            return ""
+        if found and (content is None or not content.strip() or stop > end
+                      or not _is_connector(text[stop:end])):
+            break
+        found.append(content)
+        end = start
+    return ", ".join(reversed(found)) if found else None
+
+
+def _phrase_answer(text):
+    """What follows the last "the answer is" or "Final Answer:" (any case), up to the end of
+    its sentence; the first $...$ in it when there is one. None when no phrase occurs."""
+    low = text.translate(_ASCII_LOWER)  # same length as text, unlike str.lower on all of Unicode
+    start = max(low.rfind(p) + len(p) if low.rfind(p) >= 0 else -1 for p in _PHRASES)
+    if start < 0:
+        return None
+    rest = text[start:].lstrip(" :*\n")
+    for opener, closer in (("$$", "$$"), ("\\[", "\\]"), ("$", "$"), ("\\(", "\\)")):
+        if rest.startswith(opener) and rest.find(closer, len(opener)) > 0:
+            return rest[len(opener):rest.find(closer, len(opener))]
+    line = rest.split("\n")[0]
+    k = line.find("$")
+    if k >= 0 and line.find("$", k + 1) > k:
+        return line[k + 1:line.find("$", k + 1)]
+    for stop in (". ", ".\t"):
+        if stop in line:
+            line = line[:line.find(stop)]
+    return line
+
+
+def _last_number(text):
+    """The last number in the text ('-3', '1,000', '2.5'), or None."""
+    j = len(text)
+    while j > 0 and not text[j - 1].isdigit():
+        j -= 1
+    if j == 0:
+        return None
+    i = j
+    while i > 0 and (text[i - 1].isdigit() or text[i - 1] in ".,"):
+        i -= 1
+    if i > 0 and text[i - 1] == "-":
+        i -= 1
+    return text[i:j].strip(".,").replace(",", "")
+
+
+def _clean(answer):
+    """Strip math delimiters ($, \\( \\), \\[ \\]), markdown bold and trailing punctuation."""
+    s = answer.strip().strip("*").strip().rstrip(".,;:").strip()
+    for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(opener) and s.endswith(closer):
+            s = s[len(opener):-len(closer)]
+    s = "".join(c for k, c in enumerate(s) if c != "$" or (k > 0 and s[k - 1] == "\\"))
+    s = s.strip().rstrip(".,;:").strip()
+    return s or None
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Normalisation
+# ---------------------------------------------------------------------------------------------
+
+_UNICODE = str.maketrans({
+    "\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
+    "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
+    "\u2260": "\\ne ", "\u222a": "\\cup ", "\u2208": "\\in ", "\u00b1": "\\pm ", "\u00b2": "^2",
+    "\u00b3": "^3", "\u2032": "'", "\u2218": "\u00b0", "\u03b8": "\\theta ", "\u03b1": "\\alpha ",
+    "\u03b2": "\\beta ", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\n": " ", "\t": " ",
+    "~": " ", "\x00": "",
+})
+
+# LaTeX command -> replacement; "" deletes it. \( \) \[ \] are math delimiters here.
+_COMMANDS = {
+    "left": "", "right": "", "big": "", "Big": "", "bigl": "", "bigr": "", "Bigl": "", "Bigr": "",
+    "displaystyle": "", "textstyle": "", "limits": "", "boxed": "", "fbox": "", "operatorname": "",
+    "textbf": "", "mathbf": "", "mathit": "", "boldsymbol": "", "bm": "", "mathbb": "",
+    ",": "", "!": "", ";": "", ":": "", " ": " ", "quad": " ", "qquad": " ", "$": "", "%": "%",
+    "(": "", ")": "", "[": "", "]": "",
+    "dfrac": "\\frac", "tfrac": "\\frac", "cfrac": "\\frac",
+    "dbinom": "\\binom", "tbinom": "\\binom",
+    "cdot": "*", "times": "*", "ast": "*", "div": "/", "lt": "<", "gt": ">",
+    "leq": "\\le", "leqslant": "\\le", "geq": "\\ge", "geqslant": "\\ge", "neq": "\\ne",
+    "circ": "\u00b0", "degree": "\u00b0", "prime": "'", "lvert": "|", "rvert": "|", "vert": "|",
+    "mbox": "\\text", "textrm": "\\text", "textnormal": "\\text", "textup": "\\text",
+    "textit": "\\text", "textsf": "\\text", "texttt": "\\text", "mathrm": "\\text",
+    "infin": "\\infty",
+}
+
+_DIGITS = "0123456789"
+
+
+def _is_letter(c):
+    return c.isascii() and c.isalpha()
+
+
+def _command_at(s, i):
+    """(name, end) of the command whose backslash is s[i]: letters, or one other character."""
+    k = i + 1
+    while k < len(s) and _is_letter(s[k]):
+        k += 1
+    if k == i + 1 and k < len(s):
+        k += 1
+    return s[i + 1:k], k
+
+
+_FUNCTIONS = ("arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "sqrt", "sin", "cos", "tan",
+              "cot", "sec", "csc", "exp", "log", "ln")
+
+
+def _unicode_roots(s):
+    """√13 -> \\sqrt{13}: the radical sign covers the number after it."""
+    parts = s.split("\u221a")
+    out = [parts[0]]
+    for part in parts[1:]:
+        k = 0
+        while k < len(part) and part[k] in _DIGITS + ".":
+            k += 1
+        out.append("\\sqrt{" + part[:k] + "}" + part[k:] if k else "\\sqrt" + part)
+    return "".join(out)
+
+
+def _rewrite_commands(s):
+    """One pass over backslash commands, replacing each as _COMMANDS says."""
+    out, i, n = [], 0, len(s)
+    while i < n:
+        j = s.find("\\", i)
+        if j < 0:
+            out.append(s[i:])
+            break
+        out.append(s[i:j])
+        name, k = _command_at(s, j)
+        replacement = _COMMANDS.get(name)
+        out.append(s[j:k] if replacement is None else replacement)
+        if name in ("left", "right") and s.startswith(".", k):  # \right. is an invisible bracket
+            k += 1
+        i = k
+    return "".join(out)
+
+
+def _resolve_text(s):
+    """Settle the \\text{...} groups: 'and'/'or' become commas; words at the top level are units
+    ('5 \\text{cm}' -> '5') unless nothing else is left ('\\text{Evelyn}' -> 'Evelyn');
+    'degrees' becomes a degree sign. Groups inside braces (a subscript) just lose the command."""
+    out, words, depth, i, n = [], [], 0, 0, len(s)
+    while i < n:
+        c = s[i]
+        if c != "\\":
+            depth += (c == "{") - (c == "}")
+            out.append(c)
+            i += 1
+            continue
+        name, k = _command_at(s, i)
+        while k < n and s[k] == " ":
+            k += 1
+        j = _match_brace(s, k) if name == "text" and k < n and s[k] == "{" else -1
+        if j < 0:
+            out.append(s[i:k])
+            i = k
+            continue
+        content = s[k + 1:j].strip()
+        if content in ("and", "or", ",", "and/or"):
+            out.append(",")
+        elif content in ("degree", "degrees"):
+            out.append("\u00b0")
+        elif depth == 0 and _is_unit_like(content):
+            end = _scripts_end(s, j + 1)  # \text{cm}^2, \text{s}^{-1}, \text{M}_{\odot}
+            content, j = content + s[j + 1:end], end - 1
+            out.append("\x00")  # a placeholder, decided below
+            words.append(content)
+        else:
+            out.append(content)
+        i = j + 1
+    s = "".join(out)
+    if not words:
+        return s
+    if any(c.isalnum() or c == "\\" for c in s.replace("\x00", "")):  # the words were units
+        return s.replace("\x00", "")
+    for word in words:
+        s = s.replace("\x00", " " + word + " ", 1)
+    return s
+
+
+def _scripts_end(s, i):
+    """End of the powers and subscripts (^2, ^{-1}, _{\\odot}) that start at s[i], if any."""
+    while s.startswith(("^", "_"), i):
+        if s.startswith("{", i + 1):
+            end = _match_brace(s, i + 1) + 1
+            if end == 0:
+                return i
+            i = end
+        else:
+            i = min(i + 2 + s.startswith("-", i + 1), len(s))
+    return i
+
+
+def _is_unit_like(text):
+    """Could the content of a \\text{...} be a unit or a word: 'cm', 'm/s', 'Evelyn', not '(C)'?"""
+    return any(_is_letter(c) for c in text) and all(c.isalnum() or c in " /^.-" for c in text)
+
+
+def _is_unit_word(w):
+    """A plain word of two or more letters, not a function name: 'cm', 'inches^2', 'm/s^2'."""
+    if len(w) < 2:
+        return False
+    for part in w.rstrip(".").split("/"):
+        for power in ("^2", "^3", "^{2}", "^{3}", "^{-1}", "^-1"):
+            if part.endswith(power):
+                part = part[:-len(power)]
+        if not (part.isascii() and part.isalpha()) or part.lower() in _FUNCTIONS + ("pi",):
+            return False
+    return True
+
+
+def _drop_words(s):
+    """'2 or 3' -> '2 , 3'; unit words after a number go ('5 cm' -> '5'); 'degrees' and
+    'percent' become their signs."""
+    words = ["," if w in ("and", "or") else w for w in s.split(" ")]
+    units = []
+    while len(words) > 1 and _is_unit_word(words[-1]):
+        units.append(words.pop())
+    if not units or not any(c.isdigit() for w in words for c in w):
+        return " ".join(words + units[::-1])
+    signs = {"degree": "\u00b0", "degrees": "\u00b0", "percent": "%"}
+    return " ".join(words) + "".join(signs.get(u.lower(), "") for u in units)
+
+
+def _closes_at_end(s):
+    """Is the bracket opening s closed by the last character of s, and not before?"""
+    depth = 0
+    for k, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0:
+            return k == len(s) - 1
+    return False
+
+
+def _without_thousands(s):
+    """'10,080' or '-1,000,000.5' without its separators; None if s is not written so."""
+    body = s.replace(" ", "")
+    sign = "-" if body.startswith("-") else ""
+    groups = body.lstrip("-").split(",")
+    last, _, decimals = groups[-1].partition(".")
+    groups[-1] = last
+    if (len(groups) < 2 or not 1 <= len(groups[0]) <= 3 or any(len(g) != 3 for g in groups[1:])
+            or not all(g.isdigit() for g in groups) or (decimals and not decimals.isdigit())):
+        return None
+    return sign + "".join(groups) + ("." + decimals if decimals else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise(answer):
+    """(canonical string, had a percent sign, had a degree sign) of a bare answer."""
+    s = _rewrite_commands(_unicode_roots(answer).translate(_UNICODE)).replace("$", "")
+    s = _resolve_text(s)
+    s = _drop_words(" ".join(s.split()))
+    for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
+                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", "")):
+        s = s.replace(old, new)
+    degrees = "\u00b0" in s
+    for sign in ("^{\u00b0}", "^\u00b0", "\u00b0"):
+        s = s.replace(sign, "")
+    percent = "%" in s
+    s = s.replace("%", "").strip().rstrip(".,").strip()
+    while s.startswith("{") and _closes_at_end(s):
+        s = s[1:-1].strip()
+    return _without_thousands(s) or s, percent, degrees
+
+
+def _readings(answer):
+    """The canonical ways to read an answer: '50%' may mean 50 or 0.5, '90°' 90 or pi/2."""
+    s, percent, degrees = _normalise(answer)
+    out = [s]
+    if percent:
+        out.append("(" + s + ")/100")
+    if degrees:
+        out.append("(" + s + ")*\\pi/180")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Parsing and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+class Q:
+    """An exact rational n/d in lowest terms, d > 0, within MAX_BITS (else OverflowError)."""
+
+    __slots__ = ("n", "d")
+
+    def __init__(self, n, d=1):
+        if d == 0:
+            raise ZeroDivisionError("rational with zero denominator")
+        if d < 0:
+            n, d = -n, -d
+        g = math.gcd(n, d)
+        n, d = n // g, d // g
+        if n.bit_length() > MAX_BITS or d.bit_length() > MAX_BITS:
+            raise OverflowError("rational too large")
+        self.n, self.d = n, d
+
+    def __add__(self, other):
+        return Q(self.n * other.d + other.n * self.d, self.d * other.d)
+
+    def __mul__(self, other):
+        return Q(self.n * other.n, self.d * other.d)
+
+    def inverse(self):
+        return Q(self.d, self.n)
+
+    def __eq__(self, other):
+        return isinstance(other, Q) and self.n == other.n and self.d == other.d
+
+    def __hash__(self):
+        return hash((self.n, self.d))
+
+    def __complex__(self):
+        return complex(self.n / self.d)  # int / int is correctly rounded, or OverflowError
+
+
+_OPERATOR_COMMANDS = ("frac", "sqrt", "binom", "lfloor", "rfloor", "lceil", "rceil", "le", "ge",
+                      "ne", "pm", "mp", "cup", "in", "{", "}", "\\")
+_ACCENTS = ("dot", "ddot", "hat", "bar", "vec", "tilde", "overline", "widehat", "widetilde")
+
+
+def _name_suffix(s, i, name):
+    """Subscripts and primes are part of a variable's name: x_0, x_{10}, \\omega_n, y'."""
+    if s.startswith("_", i) and i + 1 < len(s):
+        if s[i + 1] == "{":
+            j = _match_brace(s, i + 1)
+            if j < 0:
+                raise _Unparsed("unclosed subscript")
+            sub, i = s[i + 2:j], j + 1
+        elif s[i + 1] == "\\":
+            sub, i = _command_at(s, i + 1)
+        else:
+            sub, i = s[i + 1], i + 2
+        name += "_" + sub.replace(" ", "")
+    while s.startswith("'", i):
+        name, i = name + "'", i + 1
+    return name, i
+
+
+def _number_end(s, i):
+    """End of the number literal starting at s[i]: 12, 3.5, .25, 1., 4.5e33, 1e-3."""
+    j = i
+    while j < len(s) and s[j] in _DIGITS:
+        j += 1
+    if j < len(s) and s[j] == ".":
+        j += 1
+        while j < len(s) and s[j] in _DIGITS:
+            j += 1
+    if j < len(s) and s[j] in "eE":
+        k = j + 1 + (j + 1 < len(s) and s[j + 1] in "+-")
+        if k < len(s) and s[k] in _DIGITS:
+            j = k
+            while j < len(s) and s[j] in _DIGITS:
+                j += 1
+    return j
+
+
+def _tokenize(s):
+    """Tokens (kind, text) with kind num, name, const, func or op. Letters are one variable each
+    (xy is x times y) unless they spell a function (sin, log, sqrt)."""
+    toks, i, n = [], 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == " ":
+            i += 1
+        elif c in _DIGITS or (c == "." and i + 1 < n and s[i + 1] in _DIGITS):
+            j = _number_end(s, i)
+            text = s[i:j].lower()
+            if "." in text and s.startswith("\\overline{", j):  # 0.1\overline{6} repeats the 6
+                k = _match_brace(s, j + 9)
+                if k > j + 10 and all(d in _DIGITS for d in s[j + 10:k]):
+                    text, j = text + "r" + s[j + 10:k], k + 1
+            toks.append(("num", text))
+            i = j
+            if s.startswith("_", i):  # a base, as in 52_8: the digits are the answer
+                i = _match_brace(s, i + 1) + 1 if s.startswith("{", i + 1) else i + 2
+                if i == 0:
+                    raise _Unparsed("unclosed base")
+        elif c == "\\":
+            name, i = _command_at(s, i)
+            if name in _OPERATOR_COMMANDS:
+                toks.append(("op", "\\" + name))
+            elif name in _FUNCTIONS:
+                toks.append(("func", name))
+            elif name in ("pi", "infty"):
+                toks.append(("const", name))
+            elif name in ("text", "begin", "end"):
+                raise _Unparsed(name)
+            else:
+                if name in _ACCENTS and s.startswith("{", i):  # \dot{x}: one variable
+                    j = _match_brace(s, i)
+                    if j < 0:
+                        raise _Unparsed("unclosed accent")
+                    name, i = name + s[i:j + 1].replace(" ", ""), j + 1
+                name, i = _name_suffix(s, i, "\\" + name)
+                toks.append(("name", name))
+        elif _is_letter(c):
+            j = i
+            while j < min(n, i + 6) and _is_letter(s[j]):  # enough to spell any function
+                j += 1
+            run = s[i:j]
+            function = next((f for f in _FUNCTIONS if run.startswith(f)), None)
+            if function:
+                toks.append(("func", function))
+                i += len(function)
+            elif run.startswith("pi"):
+                toks.append(("const", "pi"))
+                i += 2
+            else:
+                name, i = _name_suffix(s, i + 1, c)
+                toks.append(("const", c) if name in ("e", "i") else ("name", name))
+        else:
+            toks.append(("op", c))
+            i += 1
+    return toks
+
+
+_CLOSERS = {"(": ")", "[": "]", "{": "}", "\\lfloor": "\\rfloor", "\\lceil": "\\rceil"}
+
+
+class _Parser:
+    """Recursive descent over tokens. Trees are tuples:
+    ("num", Q) ("var", name) ("const", "pi"|"e"|"i"|"infty") ("+", *terms) ("*", *factors)
+    ("neg", x) ("inv", x) ("^", base, exponent) ("fn", name, x) ("log", x, base)
+    ("root", x, index) ("binom", n, k), with name in _FUNCTIONS, abs, floor, ceil, fact.
+
+        expr   := term (('+' | '-') term)*
+        term   := signed (('*' | '/' | implicit) power)*
+        signed := ('+' | '-') signed | power
+        power  := atom '!'* ('^' signed)?
+    """
+
+    def __init__(self, toks):
+        self.toks, self.i, self.depth, self.open_bars = toks, 0, 0, 0
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else ("end", "")
+
+    def take(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expect(self, op):
+        if self.take() != ("op", op):
+            raise _Unparsed("expected " + op)
+
+    def nest(self, step):
+        self.depth += step
+        if self.depth > MAX_DEPTH:
+            raise _Unparsed("too deep")
+
+    def expr(self):
+        terms = [self.term()]
+        while self.peek() in (("op", "+"), ("op", "-")):
+            sign = self.take()[1]
+            term = self.term()
+            terms.append(term if sign == "+" else ("neg", term))
+        return terms[0] if len(terms) == 1 else ("+",) + tuple(terms)
+
+    def starts_factor(self, tok):
+        kind, text = tok
+        return kind in ("num", "name", "const", "func") or text in (
+            "(", "[", "{", "\\frac", "\\sqrt", "\\binom", "\\lfloor", "\\lceil") or (
+            text == "|" and self.open_bars == 0)
+
+    def term(self):
+        factors = [self.signed()]
+        while True:
+            tok = self.peek()
+            if tok == ("op", "*"):
+                self.take()
+                factors.append(self.signed())
+            elif tok == ("op", "/"):
+                self.take()
+                factors.append(("inv", self.signed()))
+            elif self.starts_factor(tok):
+                factor = self.power()
+                mixed = _mixed_number(factors[0], factor) if len(factors) == 1 else None
+                if tok == ("op", "\\frac") and mixed:
+                    factors[0] = mixed  # 1\frac{4}{5} is one and four fifths
+                else:
+                    factors.append(factor)
+            else:
+                return factors[0] if len(factors) == 1 else ("*",) + tuple(factors)
+
+    def signed(self):
+        if self.peek() in (("op", "-"), ("op", "+")):
+            sign = self.take()[1]
+            self.nest(1)
+            x = self.signed()
+            self.nest(-1)
+            return ("neg", x) if sign == "-" else x
+        return self.power()
+
+    def power(self):
+        x = self.atom()
+        while self.peek() == ("op", "!"):
+            self.take()
+            x = ("fn", "fact", x)
+        if self.peek() == ("op", "^"):
+            self.take()
+            self.nest(1)
+            x = ("^", x, self.signed())
+            self.nest(-1)
+        return x
+
+    def arg(self):
+        """A braced group or, in TeX's short form, one token: \\frac43 is 4/3, \\sqrt2x is x√2."""
+        kind, text = self.peek()
+        if kind == "num" and len(text) > 1 and text[0] in _DIGITS:
+            self.toks[self.i] = ("num", text[1:])
+            return ("num", Q(int(text[0])))
+        return self.atom()
+
+    def atom(self):
+        self.nest(1)
+        kind, text = self.take()
+        if kind == "num":
+            x = ("num", _number(text))
+        elif kind in ("name", "const"):
+            x = ("var" if kind == "name" else "const", text)
+        elif kind == "func":
+            x = self.function(text)
+        elif text in ("(", "[", "{", "\\lfloor", "\\lceil"):
+            inner = self.expr()
+            self.expect(_CLOSERS[text])
+            rounding = {"\\lfloor": "floor", "\\lceil": "ceil"}.get(text)
+            x = ("fn", rounding, inner) if rounding else inner
+        elif text == "|":
+            self.open_bars += 1
+            x = ("fn", "abs", self.expr())
+            self.expect("|")
+            self.open_bars -= 1
+        elif text == "\\frac":
+            x = ("*", self.arg(), ("inv", self.arg()))
+        elif text == "\\binom":
+            x = ("binom", self.arg(), self.arg())
+        elif text == "\\sqrt":
+            index = None
+            if self.peek() == ("op", "["):
+                self.take()
+                index = self.expr()
+                self.expect("]")
+            x = ("root", self.arg(), index)
+        else:
+            raise _Unparsed("unexpected " + text)
+        self.nest(-1)
+        return x
+
+    def function(self, name):
+        """\\sin x, \\sin(2t), \\sin^2 x, \\sin^{-1} x, \\log_2 8, \\ln 2: a group or a run of
+        simple factors is the argument."""
+        base = exponent = None
+        if name == "log" and self.peek() == ("op", "_"):
+            self.take()
+            base = self.arg()
+        if self.peek() == ("op", "^"):
+            self.take()
+            exponent = self.arg()
+        if exponent == ("neg", ("num", Q(1))) and name in ("sin", "cos", "tan"):
+            name, exponent = "arc" + name, None
+        if self.peek()[1] in ("(", "[", "{"):
+            x = self.atom()
+        else:
+            factors = [self.power()]
+            while self.peek()[0] in ("num", "name", "const"):
+                factors.append(self.power())
+            x = factors[0] if len(factors) == 1 else ("*",) + tuple(factors)
+        if name == "sqrt":
+            x = ("root", x, None)
+        else:
+            x = ("log", x, base) if base is not None else ("fn", name, x)
+        return x if exponent is None else ("^", x, exponent)
+
+
+def _mixed_number(whole, frac):
+    """The mixed number of 1 and \\frac{4}{5} (or -1 and it), or None if that is not their form."""
+    sign, w = (-1, whole[1]) if whole[0] == "neg" else (1, whole)
+    if (w[0] != "num" or w[1].d != 1 or frac[0] != "*" or len(frac) != 3 or frac[1][0] != "num"
+            or frac[2][0] != "inv" or frac[2][1][0] != "num"):
+        return None
+    p, q = frac[1][1], frac[2][1][1]
+    if not (p.d == q.d == 1 and 0 < p.n < q.n):
+        return None
+    value = w[1] + p * q.inverse()
+    return ("num", value) if sign > 0 else ("neg", ("num", value))
+
+
+def _number(text):
+    """The exact value of a number literal: '4.5e33', '.25', '1.', and '0.1r6' for 0.1666..."""
+    text, _, repeat = text.partition("r")
+    mantissa, _, exponent = text.partition("e")
+    whole, _, decimals = mantissa.partition(".")
+    if len(whole) + len(decimals) + len(repeat) > MAX_DIGITS or len(exponent) > 6:
+        raise _Unparsed("number too long")
+    value = Q(int(whole or "0") * 10 ** len(decimals) + int(decimals or "0"), 10 ** len(decimals))
+    if repeat:
+        value = value + Q(int(repeat), 10 ** len(decimals) * (10 ** len(repeat) - 1))
+    e = int(exponent or "0")
+    if abs(e) > MAX_EXP10:
+        raise _Unparsed("exponent too large")
+    return value * Q(10 ** e) if e >= 0 else value * Q(1, 10 ** -e)
+
+
+def _parse(s):
+    """The expression tree of a canonical string; _Unparsed if it is not one expression."""
+    parser = _Parser(_tokenize(s))
+    tree = parser.expr()
+    if parser.i != len(parser.toks):
+        raise _Unparsed("trailing tokens")
+    return tree
+
+
+_CONSTANTS = {"pi": complex(math.pi), "e": complex(math.e), "i": 1j, "infty": complex(math.inf)}
+_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "arcsin": cmath.asin,
+          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
+          "tanh": cmath.tanh, "exp": cmath.exp, "log": cmath.log, "ln": cmath.log,
+          "cot": lambda z: 1 / cmath.tan(z), "sec": lambda z: 1 / cmath.cos(z),
+          "csc": lambda z: 1 / cmath.sin(z)}
+
+
+def _add(a, b):
+    return a + b if type(a) is Q and type(b) is Q else complex(a) + complex(b)
+
+
+def _mul(a, b):
+    return a * b if type(a) is Q and type(b) is Q else complex(a) * complex(b)
+
+
+def _inverse(a):
+    return a.inverse() if type(a) is Q else 1 / a
+
+
+def _integer(a):
+    """The int an exact integer value holds; ValueError for anything else."""
+    if type(a) is Q and a.d == 1:
+        return a.n
+    raise ValueError("not an integer")
+
+
+def _exact_root(a, k):
+    """The exact k-th root of a rational (real, odd roots of negatives allowed), or None."""
+    too_big = max(a.n.bit_length(), a.d.bit_length()) > 1000  # x ** (1 / k) needs a float
+    if not 2 <= k <= 64 or too_big or (a.n < 0 and k % 2 == 0):
+        return None
+    roots = []
+    for x in (abs(a.n), a.d):
+        r = math.isqrt(x) if k == 2 else round(x ** (1 / k))
+        if r ** k != x:
+            return None
+        roots.append(r)
+    return Q(roots[0] if a.n >= 0 else -roots[0], roots[1])
+
+
+def _power(a, b):
+    """a^b, exact when a is rational and b an integer (or a root that comes out exact)."""
+    if type(a) is Q and type(b) is Q:
+        if b.d == 1 and max(a.n.bit_length(), a.d.bit_length(), 1) * abs(b.n) <= MAX_BITS:
+            return Q(a.n ** b.n, a.d ** b.n) if b.n >= 0 else Q(a.d ** -b.n, a.n ** -b.n)
+        root = _exact_root(a, b.d) if b.d > 1 else None
+        if root is not None:
+            return _power(root, Q(b.n))
+    return complex(a) ** complex(b)  # may raise OverflowError or ZeroDivisionError
+
+
+def _apply(name, x):
+    """A named function of one value; exact where the answer is rational."""
+    if name == "abs":
+        return Q(abs(x.n), x.d) if type(x) is Q else complex(abs(x))
+    if name in ("floor", "ceil"):
+        if type(x) is not Q:
+            if abs(x.imag) > 1e-12:
+                raise ValueError("floor of a complex number")
+            return Q(math.floor(x.real) if name == "floor" else math.ceil(x.real))
+        return Q(x.n // x.d if name == "floor" else -(-x.n // x.d))
+    if name == "fact":
+        n = _integer(x)
+        if not 0 <= n <= MAX_FACTORIAL:
+            raise ValueError("factorial out of range")
+        return Q(math.factorial(n))
+    if type(x) is Q and x.n == 0 and name in ("sin", "tan", "arcsin", "arctan", "sinh", "tanh"):
+        return Q(0)
+    return complex(_CMATH[name](complex(x)))
+
+
+def _eval(node, env):
+    """Value of a tree with variables bound by env: a Q when exact arithmetic suffices, else a
+    complex. Raises ArithmeticError or ValueError where the value is undefined."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "var":
+        return env[node[1]]
+    if kind == "const":
+        return _CONSTANTS[node[1]]
+    if kind == "+":
+        total = Q(0)
+        for term in node[1:]:
+            total = _add(total, _eval(term, env))
+        return total
+    if kind == "*":
+        product = Q(1)
+        for factor in node[1:]:
+            product = _mul(product, _eval(factor, env))
+        return product
+    if kind == "neg":
+        return _mul(Q(-1), _eval(node[1], env))
+    if kind == "inv":
+        return _inverse(_eval(node[1], env))
+    if kind == "^":
+        return _power(_eval(node[1], env), _eval(node[2], env))
+    if kind == "root":
+        index = Q(2) if node[2] is None else _eval(node[2], env)
+        return _power(_eval(node[1], env), _inverse(index))
+    if kind == "log":
+        return cmath.log(complex(_eval(node[1], env))) / cmath.log(complex(_eval(node[2], env)))
+    if kind == "binom":
+        n, k = _integer(_eval(node[1], env)), _integer(_eval(node[2], env))
+        if not 0 <= n <= MAX_FACTORIAL:
+            raise ValueError("binomial out of range")
+        return Q(math.comb(n, k) if k >= 0 else 0)
+    return _apply(node[1], _eval(node[2], env))
+
+
+def _variables(node):
+    """Names of the variables in a tree."""
+    if node[0] == "var":
+        return {node[1]}
+    found = set()
+    for child in node[1:]:
+        if type(child) is tuple:
+            found |= _variables(child)
+    return found
+
+
+def _make_points():
+    """Fixed pseudo-random values for up to MAX_VARS variables: half small integers (where
+    factorials and binomials are defined), half fractions. All are positive, as the lengths,
+    masses and counts that answers are written in are: sqrt(r^2) counts as r."""
+    rng = random.Random(1234)
+    points = []
+    for k in range(N_POINTS):
+        if k < N_POINTS // 2:
+            points.append([Q(rng.randint(2, 12)) for _ in range(MAX_VARS)])
+        else:
+            points.append([Q(rng.randint(1, 30), rng.randint(2, 9)) for _ in range(MAX_VARS)])
+    return points
+
+
+_POINTS = _make_points()
+
+
+@functools.lru_cache(maxsize=4096)
+def _values(tree, names):
+    """Values of a tree at the random points (one point if it has no variables); None where
+    undefined. Cached: a gold answer is evaluated once, not once per rollout."""
+    out = []
+    for point in _POINTS[:1] if not names else _POINTS:
+        try:
+            out.append(_eval(tree, dict(zip(names, point))))
+        except (ArithmeticError, ValueError):
+            out.append(None)
+    return tuple(out)
+
+
+def _close(x, y):
+    """Equal values: exactly for two rationals, within REL_TOL for anything irrational."""
+    if type(x) is Q and type(y) is Q:
+        return x == y
+    try:
+        x, y = complex(x), complex(y)
+        if not (cmath.isfinite(x) and cmath.isfinite(y)):
+            return x == y  # infinities are equal only to themselves
+        return abs(x - y) <= REL_TOL * max(abs(x), abs(y), 1e-6)
+    except OverflowError:
+        return False
+
+
+def _same_value(a, b):
+    """Do two trees take the same value at every random point where both are defined?"""
+    if a == b:
+        return True
+    names = tuple(sorted(_variables(a) | _variables(b)))
+    if len(names) > MAX_VARS:
+        return False
+    pairs = [(x, y) for x, y in zip(_values(a, names), _values(b, names))
+             if x is not None and y is not None]
+    return len(pairs) >= (2 if names else 1) and all(_close(x, y) for x, y in pairs)
+
+
+def _is_zero(x):
+    return x.n == 0 if type(x) is Q else abs(x) < 1e-12
+
+
+def _proportional(a, b, positive):
+    """Is a = c * b for one constant c != 0 at every point (c > 0 if `positive`)? Equations
+    and inequalities are compared through their sides' differences this way."""
+    names = tuple(sorted(_variables(a) | _variables(b)))
+    if len(names) > MAX_VARS:
+        return False
+    ratios = []
+    for x, y in zip(_values(a, names), _values(b, names)):
+        if x is None or y is None or (_is_zero(x) and _is_zero(y)):
+            continue
+        if _is_zero(x) or _is_zero(y):
+            return False
+        ratios.append(_mul(x, _inverse(y)))
+    if len(ratios) < (2 if names else 1):
+        return False
+    c = ratios[0]
+    if positive and not (c.n > 0 if type(c) is Q else c.real > 0 and abs(c.imag) < 1e-12):
+        return False
+    return all(_close(r, c) for r in ratios)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Structures and comparison
+# ---------------------------------------------------------------------------------------------
+
+_RELATIONS = ("\\le", "\\ge", "\\ne", "=", "<", ">")
+_FLIPPED = {">": "<", "\\ge": "\\le"}
+
+
+def _split_top(s, seps):
+    """(parts, separators found) of s split at the separators that sit outside all brackets.
+    A command separator (\\in) must end there: \\in does not split \\infty."""
+    parts, found, depth, start, i, n = [], [], 0, 0, 0, len(s)
+    while i < n:
+        if depth == 0:
+            sep = next((p for p in seps if s.startswith(p, i) and not (
+                p[0] == "\\" and i + len(p) < n and _is_letter(s[i + len(p)]))), None)
+            if sep:
+                parts.append(s[start:i].strip())
+                found.append(sep)
+                i = start = i + len(sep)
+                continue
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in "{}\\":  # \{ \} are brackets; \\ is one token
+            depth += (s[i + 1] == "{") - (s[i + 1] == "}")
+            i += 2
+            continue
+        depth += (c in "([{") - (c in ")]}")
+        i += 1
+    parts.append(s[start:].strip())
+    return parts, found
+
+
+def _expand_pm(s):
+    """'1 \\pm \\sqrt{2}' stands for two answers, '1 + \\sqrt{2}' and '1 - \\sqrt{2}'."""
+    bracketed = s[:1] in ("(", "[", "\\") and _closes_at_end(s[s[0] == "\\":])
+    if bracketed or s.count("\\pm") + s.count("\\mp") > 3:
+        return [s]  # a set or tuple expands its own items; more than 3 is not an answer
+    for sign in ("\\pm", "\\mp"):
+        k = s.find(sign)
+        if k >= 0 and not (k + 3 < len(s) and _is_letter(s[k + 3])):
+            return _expand_pm(s[:k] + "+" + s[k + 3:]) + _expand_pm(s[:k] + "-" + s[k + 3:])
+    return [s]
+
+
+def _is_words(s):
+    """Is s plain text: letters, spaces and a little punctuation, with a word of two or more
+    letters that is not a function name ('Evelyn', 'an ellipse', but not 'x' or 'cot x')?"""
+    runs = "".join(c if _is_letter(c) else " " for c in s).split()
+    return (all(_is_letter(c) or c in " .'" for c in s)
+            and any(len(r) >= 2 and not r.startswith(_FUNCTIONS) for r in runs))
+
+
+def _text(s):
+    """Canonical text: lower case, without a leading article, spaces or braces."""
+    words = s.translate(_ASCII_LOWER).replace("{", " ").replace("}", " ").split()
+    if len(words) > 1 and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return ("text", "".join(words))
+
+
+def _answers(s):
+    """The comma-separated answers in s, with each \\pm read as two answers."""
+    return [a for part in _split_top(s, (",",))[0] if part for a in _expand_pm(part)]
+
+
+@functools.lru_cache(maxsize=8192)
+def _structure(s, depth=0):
+    """The structure of a canonical answer, one of
+    ("list", items) comma-separated answers, ("set", items), ("seq", open, close, items) for
+    tuples and intervals, ("union", parts), ("matrix", rows), ("rel", ops, sides, name) for
+    equations and inequalities (name is x in an assignment x = ...), ("expr", tree), ("text", s)."""
+    if depth > 8:
+        return _text(s)
+    parts, _ = _split_top(s, ("\\in",))
+    s = parts[-1]  # 'x \in [1, 2]' answers [1, 2]
+    items = _answers(s)
+    if not items or len(items) > MAX_ITEMS:
+        return _text(s)
+    if len(items) > 1:
+        return ("list", tuple(_structure(a, depth + 1) for a in items))
+    s = items[0]
+    parts, _ = _split_top(s, ("\\cup",))
+    if len(parts) > 1:
+        return ("union", tuple(_structure(p, depth + 1) for p in parts))
+    if s[:1] in ("(", "[") and _closes_at_end(s) and s[1:].lstrip().startswith("\\begin{"):
+        s = s[1:-1].strip()  # \left( \begin{array} ... \end{array} \right)
+    if s.startswith("\\begin{"):
+        return _matrix(s, depth)
+    if s.startswith("\\{") and s.endswith("\\}") and _closes_at_end(s[1:-1] + "}"):
+        return ("set", tuple(_structure(a, depth + 1) for a in _answers(s[2:-2])))
+    if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _closes_at_end(s):
+        inner, _ = _split_top(s[1:-1], (",",))
+        if len(inner) > 1:
+            return ("seq", s[0], s[-1], tuple(_structure(a, depth + 1) for a in inner))
+    if _is_words(s):
+        return _text(s)
+    sides, ops = _split_top(s, _RELATIONS)
+    try:
+        if ops:
+            trees = tuple(("expr", _parse(side)) for side in sides)
+            name = sides[0] if ops == ["="] and _is_name(sides[0]) else ""
+            return ("rel", tuple(ops), trees, name.replace(" ", ""))
+        return ("expr", _parse(s))
+    except _Unparsed:
+        return _text(s)
+
+
+def _is_name(s):
+    """Is s a variable or function name that an answer can assign: x, a_1, f(x), N(n)?"""
+    if s.endswith(")") and "(" in s:
+        s = s[:s.find("(")]
+    try:
+        toks = _tokenize(s)
+    except _Unparsed:
+        return False
+    return len(toks) == 1 and toks[0][0] == "name"
+
+
+def _matrix(s, depth):
+    """('matrix', rows) of \\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any environment)."""
+    head = s.find("}")
+    body = s[head + 1:s.rfind("\\end{")]
+    if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
+        body = body.lstrip()
+        body = body[_match_brace(body, 0) + 1:]
+    rows = [r for r in _split_top(body, ("\\\\",))[0] if r]
+    if not rows or len(rows) > MAX_ITEMS:
+        return _text(s)
+    return ("matrix", tuple(tuple(_structure(c, depth + 1) for c in _split_top(r, ("&",))[0])
+                            for r in rows))
+
+
+def _items(x):
+    return x[1] if x[0] in ("list", "set") else (x,)
+
+
+def _vector(x):
+    """The entries of a one-row or one-column matrix or of a tuple, else None."""
+    if x[0] == "seq":
+        return x[3]
+    if x[0] == "matrix" and (len(x[1]) == 1 or all(len(row) == 1 for row in x[1])):
+        return tuple(c for row in x[1] for c in row)
+    return None
+
+
+def _same_items(ps, gs, ordered):
+    """Do two sequences of structures match one to one, in order or in any order?"""
+    if len(ps) != len(gs):
+        return False
+    if all(_same(p, g) for p, g in zip(ps, gs)):
+        return True
+    if ordered:
+        return False
+    unused = list(gs)
+    for p in ps:
+        k = next((k for k, g in enumerate(unused) if _same(p, g)), None)
+        if k is None:
+            return False
+        del unused[k]
+    return True
+
+
+def _oriented(rel):
+    """(ops, sides) of a relation written with <, \\le, =, \\ne only: a > b becomes b < a."""
+    ops, sides = rel[1], rel[2]
+    if any(op in _FLIPPED for op in ops) and not any(op in ("<", "\\le") for op in ops):
+        return tuple(_FLIPPED.get(op, op) for op in ops[::-1]), sides[::-1]
+    return ops, sides
+
+
+def _as_interval(rel):
+    """The interval a one-variable inequality describes (x > 2 is (2, oo), -1 <= x < 3 is
+    [-1, 3)), or None."""
+    ops, sides = _oriented(rel)
+    lone = [k for k, side in enumerate(sides) if side[1][0] == "var"]
+    if len(ops) > 2 or len(lone) != 1 or any(op not in ("<", "\\le") for op in ops):
+        return None
+    k = lone[0]
+    low = sides[k - 1] if k > 0 else ("expr", ("neg", ("const", "infty")))
+    high = sides[k + 1] if k + 1 < len(sides) else ("expr", ("const", "infty"))
+    opening = "[" if k > 0 and ops[k - 1] == "\\le" else "("
+    closing = "]" if k < len(ops) and ops[k] == "\\le" else ")"
+    return ("seq", opening, closing, (low, high))
+
+
+def _same_relation(p, g):
+    """Relations match when they are the same assignment (x = 5 also matches a bare 5), when
+    their sides' differences are proportional (by a positive factor for inequalities), or when
+    an inequality describes the other answer's interval."""
+    if p[0] == "rel" and g[0] == "rel":
+        if p[3] and p[3] == g[3]:
+            return _same(p[2][1], g[2][1])
+        (po, ps), (go, gs) = _oriented(p), _oriented(g)
+        if po != go:
+            return False
+        if len(po) > 1:
+            return all(_same_value(a[1], b[1]) for a, b in zip(ps, gs))
+        difference_p = ("+", ps[0][1], ("neg", ps[1][1]))
+        difference_g = ("+", gs[0][1], ("neg", gs[1][1]))
+        return _proportional(difference_p, difference_g, positive=po[0] in ("<", "\\le"))
+    rel, other = (p, g) if p[0] == "rel" else (g, p)
+    if rel[3]:
+        return _same(rel[2][1], other)
+    interval = _as_interval(rel) if other[0] == "seq" else None
+    return interval is not None and _same(interval, other)
+
+
+def _same(p, g):
+    """Are two structures the same answer?"""
+    if p == g:
+        return True
+    kinds = (p[0], g[0])
+    if "list" in kinds or "set" in kinds:
+        return _same_items(_items(p), _items(g), ordered=False)
+    if kinds == ("seq", "seq"):
+        return p[1] == g[1] and p[2] == g[2] and _same_items(p[3], g[3], ordered=True)
+    if kinds == ("union", "union"):
+        return _same_items(p[1], g[1], ordered=False)
+    if kinds == ("matrix", "matrix"):
+        return len(p[1]) == len(g[1]) and all(
+            _same_items(a, b, ordered=True) for a, b in zip(p[1], g[1]))
+    if "matrix" in kinds and "seq" in kinds:  # a column vector written as a tuple
+        a, b = _vector(p), _vector(g)
+        return a is not None and b is not None and _same_items(a, b, ordered=True)
+    if "rel" in kinds:
+        return _same_relation(p, g)
+    if kinds == ("expr", "expr"):
+        return _same_value(p[1], g[1])
+    return False
+
+
+def _choice(s):
+    """The multiple-choice letter an answer names: '(C)', 'C', 'C)', '(c) 12' -> 'C'; '' when it
+    names none, or hedges between several ('(A) or (B)')."""
+    s = "".join(c for c in s.upper() if c not in " {}")
+    if sum("(" + letter + ")" in s for letter in "ABCDE") > 1:
+        return ""
+    if len(s) >= 3 and s[0] == "(" and s[2] == ")" and s[1] in "ABCDE":
+        return s[1]
+    if s[:1] in ("A", "B", "C", "D", "E") and (len(s) == 1 or s[1] in "):."):
+        return s[0]
+    return ""
+
+
+def is_equivalent(pred: str, gold: str) -> bool:
+    """Are two bare answers the same answer? Never raises; False when unsure."""
+    try:
+        return _equivalent(pred, gold)
+    except Exception:
+        return False
+
+
+def _equivalent(pred, gold):
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return pred.split() == gold.split()  # too long to parse safely
+    preds, golds = _readings(pred), _readings(gold)
+    if not preds[0] or not golds[0]:
+        return False
+    gold_letter = _choice(golds[0])
+    if gold_letter and golds[0].replace(" ", "") in (gold_letter, "(" + gold_letter + ")"):
+        return _choice(preds[0]) == gold_letter
+    return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds)
+
+
+def grade(response: str, gold: str, fallback: bool = False) -> bool:
+    """Is the final answer of `response` (a bare answer is its own response) equivalent to
+    `gold`? `fallback` also takes the last number of an unmarked response: off for training,
+    where an unmarked answer should earn nothing; eval may turn it on."""
+    answer = extract_answer(response, fallback)
+    return answer is not None and is_equivalent(answer, gold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+                 "t": "\t"}
+
+
+def _json(s, i=0):
+    """(value, end) of the JSON value at s[i:]. The json module imports re, so the CLI reads its
+    files with this; numbers are kept as their text."""
+    while s[i] in " \t\r\n":
+        i += 1
+    if s[i] in "{[":
+        is_object, out, i = s[i] == "{", ({} if s[i] == "{" else []), i + 1
+        while True:
+            while s[i] in " \t\r\n,":
+                i += 1
+            if s[i] in "}]":
+                return out, i + 1
+            value, i = _json(s, i)
+            if is_object:
+                while s[i] in " \t\r\n:":
+                    i += 1
+                out[value], i = _json(s, i)
+            else:
+                out.append(value)
+    if s[i] == '"':
+        chunks, i = [], i + 1
+        while s[i] != '"':
+            j = min(k for k in (s.find('"', i), s.find("\\", i)) if k >= 0)
+            chunks.append(s[i:j])
+            if s[j] == "\\":
+                if s[j + 1] == "u":
+                    chunks.append(chr(int(s[j + 2:j + 6], 16)))
+                    j += 4
+                else:
+                    chunks.append(_JSON_ESCAPES[s[j + 1]])
+                j += 2
+            i = j
+        # \ud835\udc65 arrives as two halves of one character: join them
+        text = "".join(chunks).encode("utf-16", "surrogatepass").decode("utf-16")
+        return text, i + 1
+    j = i
+    while j < len(s) and s[j] not in ",}] \t\r\n":
+        j += 1
+    return {"true": True, "false": False, "null": None}.get(s[i:j], s[i:j]), j
+
+
+def _main(argv):
+    fallback = "--fallback" in argv
+    args = [a for a in argv if a != "--fallback"]
+    if len(args) == 2 and args[0] == "--file":
+        correct = total = skipped = 0
+        with open(args[1], encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = _json(line)[0]
+                    response, gold = row["response"], str(row["answer"])
+                except (IndexError, KeyError, TypeError, ValueError, RecursionError):
+                    skipped += 1
+                    continue
+                total += 1
+                correct += grade(response, gold, fallback)
+        print(f"accuracy {correct}/{total} = {correct / max(total, 1):.4f}"
+              + (f" ({skipped} unreadable lines skipped)" if skipped else ""))
+        return 0
+    if len(args) == 2:
+        answer = extract_answer(args[0], fallback)
+        print(f"answer: {answer}")
+        print(f"correct: {answer is not None and is_equivalent(answer, args[1])}")
+        return 0
+    print(__doc__.split("\n\n")[1])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
