@@ -1,23 +1,153 @@
 """
-Measure a model on math benchmarks: sample n answers per problem, grade them, report Avg@n and Pass@k.
-"""
-import torch
+Measure a model on math benchmarks: sample n answers per problem, grade each with verify.grade,
+and report Avg@n and Pass@k per benchmark and their macro average, as in the paper's Table 1.
 
-from sample import generate
+  python eval.py --model runs/scope                           # the paper's six benchmarks and sampling
+  python eval.py --model Qwen2.5-0.5B --benchmarks math500,gsm8k --n 4 --k 1,2,4 --limit 100
+  python eval.py --model runs/scope --data my.jsonl --problem-field question --answer-field gold
+  torchrun --nproc_per_node=8 eval.py --model runs/scope --samples 32   # ranks split the problems
+
+Defaults are the paper's: 32 samples per problem at temperature 0.6, top-p 0.95, top-k 20, and the
+prompt of training (scope.Config's suffix and chat template). Under torchrun, write --samples for
+--n: torchrun's own argument parser takes --n for an abbreviation of its options and stops.
+The output directory holds
+  samples.jsonl   one line per (problem, sample): response, extracted answer, verdict
+  summary.json    per benchmark (and "average"): avg@n and pass@k, as fractions in [0, 1]
+  settings.json   what generated the samples; a rerun must match it
+  pass_at_k_<benchmark>.png   Pass@k versus k (when matplotlib is installed)
+Rerunning with the same output directory resumes: finished problems are read back, not generated.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import scope
+from sample import build_prompt, generate
 from verify import extract_answer, grade
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
+BENCHMARKS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23.jsonl",
+              "math500": "math500.jsonl", "minerva": "minerva.jsonl", "olympiadbench": "olympiadbench.jsonl",
+              "gsm8k": "gsm8k_test.jsonl"}
+PAPER_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
+# Settings that change what is sampled or how it is graded: a resumed run must use the same.
+GENERATION_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_suffix",
+                       "chat_template", "last_number_fallback", "dtype", "seed")
+
+
+# -----------------------------------------------------------------------------
+# Arguments
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    train = scope.Config()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a local directory, a hub name, or a bare Qwen name")
+    p.add_argument("--benchmarks", default="",
+                   help=f"comma list of {', '.join(BENCHMARKS)} (default: {PAPER_BENCHMARKS}; none with --data)")
+    p.add_argument("--data", action="append", default=[],
+                   help="evaluate a .jsonl/.json/.parquet file (repeatable; named by its file stem)")
+    p.add_argument("--problem-field", default="problem", help="problem field of --data files")
+    p.add_argument("--answer-field", default="answer", help="reference answer field of --data files")
+    p.add_argument("--skip-bad-rows", default=False, type=lambda v: scope.coerce("skip_bad_rows", v, bool),
+                   metavar="true|false", help="skip rows of --data files with a missing or empty field")
+    p.add_argument("--n", "--samples", dest="n", type=int, default=32,
+                   help="samples per problem (paper: 32); under torchrun spell it --samples, as torchrun's own "
+                        "parser rejects --n as an ambiguous abbreviation of its options")
+    p.add_argument("--k", default="", help="comma list of k for Pass@k, each <= n (default: n)")
+    p.add_argument("--pass-estimator", choices=("unbiased", "bootstrap"), default="unbiased",
+                   help="unbiased: 1 - C(n-c,k)/C(n,k); bootstrap: k draws with replacement (authors' code)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature, 0 = greedy (paper: 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (paper: 0.95)")
+    p.add_argument("--top-k", type=int, default=20, help="top-k sampling, 0 = off (paper: 20)")
+    p.add_argument("--max-new-tokens", type=int, default=32768, help="longest response (paper: 32768)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N problems of each benchmark (0 = all)")
+    p.add_argument("--prompt-suffix", default=train.prompt_suffix, help="instruction after each problem (as training)")
+    p.add_argument("--chat-template", default=train.chat_template, metavar="true|false",
+                   type=lambda v: scope.coerce("chat_template", v, bool),
+                   help="wrap the prompt in the tokenizer's chat template when it has one (as training)")
+    p.add_argument("--last-number-fallback", action="store_true",
+                   help="grade the last number of a response that marks no answer (off, as in training)")
+    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
+    p.add_argument("--max-batch-rows", type=int, default=256,
+                   help="at most this many sequences per generate call: n is split into chunks beyond it")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="GPU dtype (CPU: float32)")
+    p.add_argument("--seed", type=int, default=0, help="seeds each batch's sampling")
+    p.add_argument("--output-dir", default="", help="default: runs/eval/<model name>")
+    args = p.parse_args(argv)
+
+    if not args.benchmarks:
+        args.benchmarks = "" if args.data else PAPER_BENCHMARKS
+    args.benchmarks = [name for name in args.benchmarks.split(",") if name]
+    for name in args.benchmarks:
+        if name not in BENCHMARKS:
+            p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in ("n", "max_new_tokens", "batch_size", "max_batch_rows"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.limit < 0:
+        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0 and --limit >= 0")
+    try:
+        args.k = [int(k) for k in args.k.split(",")] if args.k else [args.n]
+    except ValueError:
+        p.error(f"--k {args.k!r}: expected a comma list of integers")
+    for k in args.k:
+        if not 1 <= k <= args.n:
+            p.error(f"--k {k}: Pass@k needs 1 <= k <= n, and n is {args.n} (raise --n)")
+    args.output_dir = Path(args.output_dir or Path("runs/eval") / Path(scope.resolve(args.model)).name)
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+def load_benchmarks(args) -> dict[str, list[dict]]:
+    """{name: rows} for the named benchmarks (shipped in data/) and the --data files, cut to --limit."""
+    sources = {name: (str(DATA_DIR / BENCHMARKS[name]), "problem", "answer") for name in args.benchmarks}
+    for path in args.data:
+        name = Path(path).stem
+        if name in sources:
+            sys.exit(f"eval.py: error: --data {path}: the name {name!r} is already taken; rename the file")
+        sources[name] = (path, args.problem_field, args.answer_field)
+    # "test" is the split read when a --data source is a hub dataset name rather than a file.
+    return {name: scope.load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
+            for name, (path, problem, answer) in sources.items()}
+
+
+# -----------------------------------------------------------------------------
+# Generation and grading
 
 def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, n: int, temperature: float,
                      top_p: float = 1.0, top_k: int = 0, max_new_tokens: int, batch_size: int = 32,
-                     synced: bool = False) -> list[list[dict]]:
-    """For each prompt, n samples as {response, extracted, correct}; prompts go `batch_size` at a time."""
+                     max_batch_rows: int = 256, fallback: bool = False, synced: bool = False) -> list[list[dict]]:
+    """For each prompt, n samples as {response, extracted, correct, truncated}.
+
+    Prompts go `batch_size` at a time; each generate call samples `per_call` answers per prompt,
+    so that one call holds at most max(batch_size, max_batch_rows) sequences.
+    """
+    per_call = min(n, max(1, max_batch_rows // batch_size))
     results = []
     for i in range(0, len(prompts), batch_size):
-        ro = generate(model, tokenizer, prompts[i:i + batch_size], n, temperature=temperature, top_p=top_p,
-                      top_k=top_k, max_new_tokens=max_new_tokens, synced=synced)
-        for j, gold in enumerate(golds[i:i + batch_size]):
-            texts = ro.texts[j * n:(j + 1) * n]
-            results.append([{"response": t, "extracted": extract_answer(t), "correct": grade(t, gold)} for t in texts])
+        batch = prompts[i:i + batch_size]
+        texts, truncated = [[] for _ in batch], [[] for _ in batch]
+        for start in range(0, n, per_call):
+            g = min(per_call, n - start)
+            ro = generate(model, tokenizer, batch, g, temperature=temperature, top_p=top_p, top_k=top_k,
+                          max_new_tokens=max_new_tokens, synced=synced)
+            for j in range(len(batch)):                              # rows j*g .. j*g+g-1 answer prompt j
+                texts[j] += ro.texts[j * g:(j + 1) * g]
+                truncated[j] += ro.truncated[j * g:(j + 1) * g].tolist()
+        for ts, cut, gold in zip(texts, truncated, golds[i:i + batch_size]):
+            results.append([{"response": t, "extracted": extract_answer(t, fallback),
+                             "correct": grade(t, gold, fallback), "truncated": c} for t, c in zip(ts, cut)])
     return results
 
 
@@ -28,3 +158,247 @@ def quick_accuracy(model, tokenizer, rows: list[dict], prompts_of, *, n: int, te
     results = sample_and_grade(model, tokenizer, prompts_of(rows), [r["answer"] for r in rows], n=n,
                                temperature=temperature, max_new_tokens=max_new_tokens, synced=synced)
     return sum(s["correct"] for samples in results for s in samples), len(rows) * n
+
+
+def batch_seed(seed: int, benchmark: str, first: int) -> int:
+    """The seed of the batch that starts at problem `first`: a resumed run draws what an uninterrupted one did."""
+    return zlib.crc32(f"{seed}/{benchmark}/{first}".encode())
+
+
+def read_samples(out_dir: Path) -> dict[tuple[str, int], dict[int, dict]]:
+    """{(benchmark, problem index): {sample index: {correct, truncated}}} from every samples*.jsonl.
+
+    Responses are not kept (they can be gigabytes). A line an interrupted write left unfinished is
+    skipped; a line written twice counts once.
+    """
+    done = {}
+    for path in sorted(out_dir.glob("samples*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done.setdefault((r["benchmark"], r["index"]), {})[r["sample"]] = {
+                    "correct": r["correct"], "truncated": r["truncated"]}
+    return done
+
+
+def open_for_append(path: Path):
+    """`path` opened for appending, after cutting a last line that an interrupted write left without its newline."""
+    if path.exists():
+        with open(path, "rb+") as f:
+            end = 0
+            for line in f:
+                if line.endswith(b"\n"):
+                    end += len(line)
+            f.truncate(end)
+    return open(path, "a", encoding="utf-8")
+
+
+def check_settings(args, rank: int):
+    """Refuse an output directory whose samples were made differently; record the settings on a first run."""
+    settings = {name: getattr(args, name) for name in GENERATION_SETTINGS}
+    path = args.output_dir / "settings.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+        if changed:
+            sys.exit(f"eval.py: error: {args.output_dir} holds samples made with other settings "
+                     f"({'; '.join(changed)}); pass another --output-dir")
+    elif rank == 0:
+        tmp = path.with_suffix(".tmp")  # written whole then renamed, so other ranks never read half of it
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, path)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world, device). Under torchrun a gloo group serves only the final barrier, with a long
+    timeout because ranks finish their shares at different times."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("gloo", timeout=timedelta(hours=12))
+        return dist.get_rank(), world, device
+    return 0, 1, device
+
+
+def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: torch.device):
+    """Sample and grade every unfinished problem of this rank's share, appending to its samples file.
+
+    Rank r takes problems r, r + world, ...; its share is cut into batches at fixed positions, each
+    seeded from (seed, benchmark, first problem), so a resumed batch is the batch it would have been.
+    (Only a batch whose write was itself cut off is left part done; its unfinished problems are then
+    sampled alone: valid samples, though not the very ones an uninterrupted run would have drawn.)
+    """
+    dtype = torch.bfloat16 if device.type == "cuda" and args.dtype == "bfloat16" else torch.float32
+    model, tokenizer = scope.load_model(args.model, dtype, device)
+    model.eval()
+    done = read_samples(args.output_dir)
+    unfinished = {name: {i for i in range(rank, len(rows), world) if len(done.get((name, i), ())) < args.n}
+                  for name, rows in benchmarks.items()}
+    bar = tqdm(total=args.n * sum(map(len, unfinished.values())), unit="sample", disable=rank != 0,
+               dynamic_ncols=True)
+    start = time.perf_counter()
+    with open_for_append(args.output_dir / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")) as f:
+        for name, rows in benchmarks.items():
+            bar.set_description(name)
+            share = list(range(rank, len(rows), world))
+            for b in range(0, len(share), args.batch_size):
+                batch = share[b:b + args.batch_size]
+                todo = [i for i in batch if i in unfinished[name]]
+                if not todo:
+                    continue
+                torch.manual_seed(batch_seed(args.seed, name, batch[0]))
+                prompts = [build_prompt(tokenizer, rows[i]["problem"], args.prompt_suffix, args.chat_template)
+                           for i in todo]
+                results = sample_and_grade(model, tokenizer, prompts, [rows[i]["answer"] for i in todo], n=args.n,
+                                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                           max_batch_rows=args.max_batch_rows, fallback=args.last_number_fallback)
+                lines = [{"benchmark": name, "index": i, "sample": j, "answer": rows[i]["answer"], **s}
+                         for i, samples in zip(todo, results) for j, s in enumerate(samples)]
+                f.write("".join(json.dumps(line) + "\n" for line in lines))
+                f.flush()  # a finished batch survives an interruption
+                bar.update(args.n * len(todo))
+    bar.close()
+    seconds = time.perf_counter() - start
+    if rank == 0 and bar.n:
+        print(f"sampled {bar.n} answers in {seconds:.1f} s: {bar.n / seconds:.1f} samples/s"
+              + (f" on rank 0 of {world}" if world > 1 else ""))
+
+
+def merge_rank_files(out_dir: Path):
+    """Fold the per-rank files of a torchrun into samples.jsonl (finished lines only), then delete them."""
+    parts = sorted(out_dir.glob("samples.rank*.jsonl"))
+    if not parts:
+        return
+    with open_for_append(out_dir / "samples.jsonl") as out:
+        for path in parts:
+            with open(path, encoding="utf-8") as f:
+                out.writelines(line for line in f if line.endswith("\n"))
+    for path in parts:
+        path.unlink()
+
+
+# -----------------------------------------------------------------------------
+# Metrics
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased Pass@k (Chen et al., 2021): the chance that k of the n samples, drawn without
+    replacement, include one of the c correct ones: 1 - C(n-c, k) / C(n, k), as the product
+    1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms the huge binomials."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0  # every k-subset holds a correct sample
+    fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        fail *= 1.0 - k / i
+    return 1.0 - fail
+
+
+def pass_at_k_bootstrap(n: int, c: int, k: int) -> float:
+    """Pass@k as the authors' released evaluation estimates it: draw k of the n samples WITH
+    replacement, many times, and count the draws holding a correct one. This is that procedure's
+    expectation in closed form, 1 - (1 - c/n)^k, so there is no sampling noise. It is below the
+    unbiased estimate whenever 0 < c < n and k > 1 (a draw can repeat a wrong sample)."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k_bootstrap needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - (1.0 - c / n) ** k
+
+
+def counts(done: dict, name: str, problems: int, n: int) -> list[tuple[int, int]]:
+    """(correct, truncated) sample counts of each of the benchmark's first `problems` problems."""
+    out = []
+    for i in range(problems):
+        samples = [done.get((name, i), {}).get(j) for j in range(n)]
+        if None in samples:
+            sys.exit(f"eval.py: error: {name} problem {i} has fewer than {n} samples in the output directory")
+        out.append((sum(s["correct"] for s in samples), sum(s["truncated"] for s in samples)))
+    return out
+
+
+def summarize(per_benchmark: dict[str, list[tuple[int, int]]], n: int, ks: list[int], estimator: str) -> dict:
+    """{benchmark: {problems, avg@n, pass@k for each k, truncated}} plus "average", the macro mean
+    over benchmarks (each benchmark counts once, whatever its size), as in the paper's Table 1."""
+    estimate = pass_at_k if estimator == "unbiased" else pass_at_k_bootstrap
+    summary = {}
+    for name, cs in per_benchmark.items():
+        row = {"problems": len(cs), f"avg@{n}": sum(c for c, _ in cs) / (n * len(cs))}
+        row.update({f"pass@{k}": sum(estimate(n, c, k) for c, _ in cs) / len(cs) for k in ks})
+        row["truncated"] = sum(t for _, t in cs) / (n * len(cs))
+        summary[name] = row
+    rows = list(summary.values())
+    summary["average"] = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+    summary["average"]["problems"] = sum(r["problems"] for r in rows)
+    return summary
+
+
+# -----------------------------------------------------------------------------
+# Report: table and plot
+
+def table(summary: dict, estimator: str) -> str:
+    """The summary as a plain-text table, percentages with one decimal like the paper's."""
+    keys = [key for key in summary["average"] if key != "problems"]
+    lines = [f"{'benchmark':<16}{'problems':>9}" + "".join(f"{key:>11}" for key in keys),
+             "-" * (25 + 11 * len(keys))]
+    for name, row in summary.items():
+        if name == "average":
+            lines.append(lines[1])
+        lines.append(f"{name:<16}{row['problems']:>9}" + "".join(f"{100 * row[key]:>11.1f}" for key in keys))
+    return "\n".join(lines + [f"(percent; pass@k estimator: {estimator}; average = macro mean over benchmarks)"])
+
+
+def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str, out_dir: Path):
+    """pass_at_k_<benchmark>.png: Pass@k for every k from 1 to n, beside the summary."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no Pass@k plots: pip install matplotlib to get them")
+        return
+    estimate = pass_at_k if estimator == "unbiased" else pass_at_k_bootstrap
+    ks = list(range(1, n + 1))
+    for name, cs in per_benchmark.items():
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot(ks, [100 * sum(estimate(n, c, k) for c, _ in cs) / len(cs) for k in ks], marker=".")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="k", ylabel="Pass@k (%)", title=f"{name} ({len(cs)} problems, n = {n})")
+        ax.grid(alpha=0.3)
+        fig.savefig(out_dir / f"pass_at_k_{name}.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+
+def main(argv: list[str]) -> dict | None:
+    """Evaluate, resuming what the output directory holds; returns the summary on rank 0."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    benchmarks = load_benchmarks(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(args, rank)
+    run(args, benchmarks, rank, world, device)
+    summary = None
+    if world > 1:
+        dist.barrier()  # every rank has written its share
+    if rank == 0:
+        merge_rank_files(args.output_dir)
+        done = read_samples(args.output_dir)
+        per_benchmark = {name: counts(done, name, len(rows), args.n) for name, rows in benchmarks.items()}
+        summary = summarize(per_benchmark, args.n, args.k, args.pass_estimator)
+        (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(table(summary, args.pass_estimator))
+        plot(per_benchmark, args.n, args.pass_estimator, args.output_dir)
+        print(f"results in {args.output_dir}")
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -111,6 +111,10 @@ class Config:
     """held-out problems for the quick eval"""
     eval_every: int = 50
     """run the quick eval before training and every this many steps (0 = never)"""
+    eval_problem_field: str = "problem"
+    """field holding the problem statement in eval_data"""
+    eval_answer_field: str = "answer"
+    """field holding the reference answer in eval_data"""
     eval_limit: int = 128
     """quick eval uses the first this many problems"""
     eval_samples: int = 1
@@ -138,7 +142,7 @@ CHOICES = {"student_weight": ("ppl", "uniform", "reversed"), "teacher_weight": (
 
 def fail(message: str):
     """Stop with a message for the user (no traceback: it is their input, not our bug)."""
-    print(f"scope.py: error: {message}", file=sys.stderr)
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -516,8 +520,12 @@ def main(argv: list[str]):
     train = kept or fail(f"{cfg.train_data}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
     eval_rows = []
     if cfg.eval_every:
-        eval_rows = load_rows(cfg.eval_data, "test", cfg.problem_field, cfg.answer_field, cfg.skip_bad_rows)
+        eval_rows = load_rows(cfg.eval_data, "test", cfg.eval_problem_field, cfg.eval_answer_field,
+                              cfg.skip_bad_rows)
         eval_rows = eval_rows[:cfg.eval_limit]
+        eval_rows = eval_rows[:len(eval_rows) - len(eval_rows) % world]  # equal shares: generate is synced
+        if not eval_rows:
+            fail(f"{cfg.eval_data}: the quick eval needs at least one problem per rank ({world} ranks)")
 
     def quick_eval(step: int):
         student.eval()

@@ -8,15 +8,17 @@ The task is multi-digit addition with a short worked solution ending in \\boxed{
 
 The tokenizer is a byte-level BPE trained on the task's text and saved as a `Qwen2Tokenizer`, with
 one id for pad and end-of-text exactly as in Qwen base models. Both models are Qwen2-architecture
-transformers; each is trained by supervised fine-tuning on worked solutions, the teacher for many
-more steps, so it is clearly better than the student. The teacher's LM head has more rows than the
+transformers trained by supervised fine-tuning on worked solutions. The teacher trains longer and
+always ends with the \\boxed{} answer the prompt asks for. The student trains less, and 70% of
+its training solutions end "sum 843" instead: like many base models, it mostly ignores the
+instruction, so the verifier cannot grade it right. Greedy, it scores about 0% held out and the
+teacher about 97%; SCOPE has to teach it both the format and better arithmetic. The teacher's LM head has more rows than the
 tokenizer (as Qwen2.5-7B's has), the student's is tied to its embeddings (as Qwen2.5-0.5B's is).
 
 `python toy.py DIR` builds the world in DIR and prints each model's held-out accuracy. scope.py
 builds it on first use when a config sets `toy_dir` (configs/toy.yaml).
 """
 import json
-import os
 import random
 import sys
 import time
@@ -34,7 +36,8 @@ QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 EOS = "<|endoftext|>"
 SUFFIX = "Put your final answer within \\boxed{}."   # the default prompt suffix of scope.py
-STUDENT_SFT_STEPS, TEACHER_SFT_STEPS = int(os.environ.get("SSTEPS", 250)), 500
+STUDENT_SFT_STEPS, TEACHER_SFT_STEPS = 400, 500
+STUDENT_BOXED = 0.3  # fraction of the student's training answers that follow the instruction to box
 
 
 def make_problem(rng: random.Random) -> dict:
@@ -76,8 +79,16 @@ def tiny_qwen2(vocab_rows: int, tied: bool, seed: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
-def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, batch: int = 64, lr: float = 3e-3):
-    """Supervised fine-tuning on prompt -> worked solution + EOS (loss on the response only)."""
+def unboxed(solution: str) -> str:
+    """The same worked solution ending "sum 843" instead of "\\boxed{843}": an answer nobody can grade."""
+    steps, _, answer = solution.rpartition(" \\boxed{")
+    return f"{steps} sum {answer[:-1]}"
+
+
+def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, boxed: float = 1.0, batch: int = 64,
+        lr: float = 3e-3):
+    """Supervised fine-tuning on prompt -> worked solution + EOS (loss on the response only); a
+    fraction 1 - boxed of the solutions end without the \\boxed{} the prompt asks for."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps))
@@ -85,7 +96,8 @@ def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, batch: int = 
     for _ in range(steps):
         chosen = rng.sample(rows, batch)
         prompts = [tokenizer(build_prompt(tokenizer, r["problem"], SUFFIX, True)).input_ids for r in chosen]
-        answers = [tokenizer(r["solution"]).input_ids + [tokenizer.eos_token_id] for r in chosen]
+        solutions = [r["solution"] if rng.random() < boxed else unboxed(r["solution"]) for r in chosen]
+        answers = [tokenizer(s).input_ids + [tokenizer.eos_token_id] for s in solutions]
         width = max(len(p) + len(a) for p, a in zip(prompts, answers))
         ids = torch.full((batch, width), tokenizer.pad_token_id)
         labels = torch.full((batch, width), -100)
@@ -118,11 +130,12 @@ def build(root: str | Path) -> Path:
     train = [make_problem(rng) for _ in range(4000)]
     seen = {r["problem"] for r in train}
     test = [r for r in (make_problem(rng) for _ in range(400)) if r["problem"] not in seen][:200]
-    tokenizer = train_tokenizer([f"{r['problem']}\n{SUFFIX}" for r in train] + [r["solution"] for r in train])
+    tokenizer = train_tokenizer([f"{r['problem']}\n{SUFFIX}" for r in train] + [r["solution"] for r in train]
+                                + [unboxed(r["solution"]) for r in train[:100]])
 
     student = tiny_qwen2(len(tokenizer), tied=True, seed=1)
     teacher = tiny_qwen2(len(tokenizer) + 64, tied=False, seed=2)    # padded head, like Qwen2.5-7B's
-    sft(student, tokenizer, train, STUDENT_SFT_STEPS, seed=1)
+    sft(student, tokenizer, train, STUDENT_SFT_STEPS, seed=1, boxed=STUDENT_BOXED)
     sft(teacher, tokenizer, train, TEACHER_SFT_STEPS, seed=2)
 
     root.mkdir(parents=True, exist_ok=True)

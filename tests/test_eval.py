@@ -1,0 +1,205 @@
+"""eval.py: the Pass@k estimators, and end to end runs on a tiny model: summary, resume, torchrun."""
+import itertools
+import json
+import operator
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval as evaluation
+import toy
+from conftest import ROOT
+from verify import extract_answer, grade
+
+GOLDS = ["7", "8", "7", "7", "8"]
+
+
+@pytest.fixture(scope="module")
+def coin(tmp_path_factory, tokenizer):
+    """A tiny Qwen2 that answers "7" (p = 0.64) or "8" and stops, so that verdicts are mixed.
+
+    Attention and MLP outputs are zeroed, so the next token depends on the current token alone:
+    any prompt token leads to a digit (hidden direction 0), a digit leads to EOS (direction 1).
+    """
+    model = toy.tiny_qwen2(len(tokenizer), tied=False, seed=0)
+    seven, eight = tokenizer.convert_tokens_to_ids(["7", "8"])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        emb[[seven, eight], 0] = 0.0
+        emb[[seven, eight], 1] = 1.0
+        head.zero_()
+        head[seven, 0], head[eight, 0] = 2.05, 2.0   # logits 23.2 and 22.6 after the final RMSNorm
+        head[tokenizer.eos_token_id, 1] = 2.0
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    path = tmp_path_factory.mktemp("coin") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def bench(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}+{g}", "answer": g}) + "\n" for i, g in enumerate(GOLDS)))
+    return path
+
+
+def eval_args(model, data, out, *extra) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--output-dir", str(out), "--n", "6", "--k", "1,2,6",
+            "--temperature", "1.0", "--top-p", "1.0", "--top-k", "0", "--max-new-tokens", "4",
+            "--batch-size", "2", "--dtype", "float32", *extra]
+
+
+def sample_lines(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+# -----------------------------------------------------------------------------
+# Estimators
+
+def test_pass_at_k_is_the_fraction_of_k_subsets_holding_a_correct_sample():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            samples = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(samples, k))
+                brute = sum(any(s) for s in subsets) / len(subsets)
+                assert evaluation.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edges_no_correct_all_correct_and_k_equal_n():
+    assert evaluation.pass_at_k(32, 0, 32) == 0.0
+    assert evaluation.pass_at_k(32, 32, 1) == 1.0
+    assert evaluation.pass_at_k(32, 1, 32) == 1.0            # k = n: at least one correct
+    assert evaluation.pass_at_k(4, 1, 1) == pytest.approx(0.25)  # k = 1 is plain accuracy
+    with pytest.raises(ValueError):
+        evaluation.pass_at_k(4, 1, 5)
+
+
+def test_bootstrap_pass_at_k_is_the_mean_over_all_draws_with_replacement():
+    for n, c, k in [(4, 1, 2), (4, 2, 3), (5, 0, 2), (5, 5, 4), (3, 1, 3)]:
+        samples = [True] * c + [False] * (n - c)
+        draws = list(itertools.product(samples, repeat=k))
+        brute = sum(any(d) for d in draws) / len(draws)
+        assert evaluation.pass_at_k_bootstrap(n, c, k) == pytest.approx(brute, abs=1e-12)
+    assert evaluation.pass_at_k_bootstrap(4, 2, 2) < evaluation.pass_at_k(4, 2, 2)  # repeats can miss
+
+
+def test_k_above_n_is_refused_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--model", "m", "--n", "4", "--k", "1,8"])
+    assert "--k 8: Pass@k needs 1 <= k <= n, and n is 4" in capsys.readouterr().err
+
+
+def test_shipped_benchmarks_load_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = evaluation.parse_args(["--model", "m", "--benchmarks", f"{evaluation.PAPER_BENCHMARKS},gsm8k",
+                                  "--limit", "3"])
+    data = evaluation.load_benchmarks(args)
+    assert list(data) == ["aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench", "gsm8k"]
+    assert all(len(rows) == 3 and rows[0]["problem"] and rows[0]["answer"] for rows in data.values())
+
+
+# -----------------------------------------------------------------------------
+# End to end on the tiny model
+
+def test_summary_is_what_the_samples_file_gives(coin, bench, tmp_path, capsys):
+    out = tmp_path / "out"
+    summary = evaluation.main(eval_args(coin, bench, out))
+    lines = sample_lines(out)
+    assert sorted((r["index"], r["sample"]) for r in lines) == [(i, j) for i in range(5) for j in range(6)]
+    for r in lines:
+        assert r["extracted"] == extract_answer(r["response"]) and r["correct"] == grade(r["response"], r["answer"])
+    c = [sum(r["correct"] for r in lines if r["index"] == i) for i in range(5)]
+    assert 0 < sum(c) < 30                                    # mixed verdicts: the check below means something
+    row = json.loads((out / "summary.json").read_text())["tiny"]
+    assert row == summary["tiny"]
+    assert row["avg@6"] == pytest.approx(sum(c) / 30)
+    for k in (1, 2, 6):
+        assert row[f"pass@{k}"] == pytest.approx(sum(evaluation.pass_at_k(6, ci, k) for ci in c) / 5)
+    assert summary["average"]["avg@6"] == pytest.approx(row["avg@6"])  # one benchmark: macro mean = itself
+    assert f"{100 * row['avg@6']:.1f}" in capsys.readouterr().out.split("average")[1]
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(coin, bench, tmp_path, monkeypatch):
+    whole = evaluation.main(eval_args(coin, bench, tmp_path / "whole"))
+    real, calls = evaluation.sample_and_grade, []
+
+    def interrupted_after_one_batch(model, tokenizer, prompts, *a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, *a, **kw)
+
+    monkeypatch.setattr(evaluation, "sample_and_grade", interrupted_after_one_batch)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.main(eval_args(coin, bench, out))
+    with open(out / "samples.jsonl", "a") as f:
+        f.write('{"benchmark": "tiny", "index": 2, "sam')     # a write cut off mid-line
+
+    def counting(model, tokenizer, prompts, *a, **kw):
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, *a, **kw)
+
+    monkeypatch.setattr(evaluation, "sample_and_grade", counting)
+    resumed = evaluation.main(eval_args(coin, bench, out))
+    assert calls == [2, 2, 1]                                 # the first batch was not generated again
+    assert resumed == whole
+    key = operator.itemgetter("index", "sample")
+    assert sorted(sample_lines(out), key=key) == sorted(sample_lines(tmp_path / "whole"), key=key)
+
+
+def test_rerun_with_other_sampling_settings_is_refused(coin, bench, tmp_path):
+    out = tmp_path / "out"
+    evaluation.main(eval_args(coin, bench, out, "--limit", "1"))
+    with pytest.raises(SystemExit, match="temperature: 1.0 there, 0.5 now"):
+        evaluation.main(eval_args(coin, bench, out, "--limit", "1", "--temperature", "0.5"))
+
+
+def test_large_n_is_split_into_calls_of_bounded_size_in_sample_order(coin, monkeypatch):
+    model, tokenizer = evaluation.scope.load_model(str(coin), torch.float32, torch.device("cpu"))
+    real, rows = evaluation.generate, []
+
+    def recording(model, tokenizer, prompts, group_size, **kw):
+        rows.append(len(prompts) * group_size)
+        return real(model, tokenizer, prompts, group_size, **kw)
+
+    monkeypatch.setattr(evaluation, "generate", recording)
+    results = evaluation.sample_and_grade(model, tokenizer, ["1+6", "2+6", "3+5"], ["7", "8", "8"], n=5,
+                                          temperature=1.0, max_new_tokens=4, batch_size=2, max_batch_rows=4)
+    assert rows == [4, 4, 2, 2, 2, 1]                         # 2 prompts x (2+2+1) samples, then 1 x (2+2+1)
+    assert [len(r) for r in results] == [5, 5, 5]
+    assert all(s["correct"] == (s["response"] == gold) for r, gold in zip(results, ["7", "8", "8"]) for s in r)
+
+
+def test_quick_accuracy_counts_correct_samples_over_all_samples(coin):
+    model, tokenizer = evaluation.scope.load_model(str(coin), torch.float32, torch.device("cpu"))
+    rows = [{"problem": "3+4", "answer": "7"}, {"problem": "4+4", "answer": "8"}, {"problem": "5+2", "answer": "7"}]
+    acc = evaluation.quick_accuracy(model, tokenizer, rows, lambda rs: [r["problem"] for r in rs], n=2,
+                                    temperature=0.0, max_new_tokens=4)
+    assert acc == (4, 6)                                      # greedy always answers 7
+
+
+def test_torchrun_ranks_merge_into_the_single_process_summary(coin, bench, tmp_path):
+    # batch size 1: each problem is seeded alone, so sampling does not depend on the split
+    single = evaluation.main(eval_args(coin, bench, tmp_path / "single", "--batch-size", "1"))
+    out = tmp_path / "ranks"
+    # torchrun's own parser rejects --n (an ambiguous abbreviation of its options): --samples is its alias
+    args = ["--samples" if a == "--n" else a for a in eval_args(coin, bench, out, "--batch-size", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "eval.py", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text()) == single
+    assert not list(out.glob("samples.rank*.jsonl"))          # folded into samples.jsonl
+    assert len(sample_lines(out)) == 5 * 6
