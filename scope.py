@@ -392,7 +392,6 @@ def shard(model, cfg: Config, device: torch.device):
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
-    model.set_gradient_divide_factor(1.0)  # the loss is already divided by the global norm: sum, don't average
     return model
 
 
@@ -589,7 +588,7 @@ def main(argv: list[str]):
                 logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
                                       temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
             loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm)
-            loss.backward()
+            (loss * world).backward()  # the loss is a global mean already; FSDP's gradient average over ranks must not shrink it
             infos.append(info)
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -635,6 +634,8 @@ def save(model, tokenizer, path: Path, rank: int, world: int):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if model.config.tie_word_embeddings:  # a gathered copy no longer shares storage with the embeddings
+            state.pop("lm_head.weight", None)
     if rank == 0:
         model.save_pretrained(path, state_dict=state)
         tokenizer.save_pretrained(path)

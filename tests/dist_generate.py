@@ -1,0 +1,40 @@
+"""Run by tests/test_distributed.py under torchrun: FSDP2 generation where the ranks stop at
+different lengths, counting the parameter all-gathers. Prints one JSON line per rank."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scope import Config, gathered, load_model, setup_distributed, shard  # noqa: E402
+from sample import generate  # noqa: E402
+
+rank, world, device = setup_distributed()
+model, tokenizer = load_model(sys.argv[1], torch.float32, device)
+shard(model, Config(), device)
+model.eval()
+# Count FSDP2's parameter all-gathers (a private hook point: what unshard() calls for each unit).
+from torch.distributed.fsdp._fully_shard import _fsdp_param_group  # noqa: E402
+
+calls = 0
+real_all_gather = _fsdp_param_group.foreach_all_gather
+
+
+def counting_all_gather(*args, **kwargs):
+    global calls
+    calls += 1
+    return real_all_gather(*args, **kwargs)
+
+
+_fsdp_param_group.foreach_all_gather = counting_all_gather
+prompt = ["1+1\nPut your final answer within \\boxed{}.", "987+989\nPut your final answer within \\boxed{}."][rank]
+kw = dict(temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=40, synced=True)
+with gathered(model):
+    ro = generate(model, tokenizer, [prompt], 2, **kw)
+once = calls
+generate(model, tokenizer, [prompt], 2, **kw)  # without `gathered`: one all-gather per unit per token
+print(json.dumps({"rank": rank, "lengths": ro.resp.sum(1).tolist(), "gathered_all_gathers": once,
+                  "plain_all_gathers": calls - once, "units": len(model.model.layers) + 1}), flush=True)
+dist.destroy_process_group()
