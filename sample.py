@@ -98,10 +98,11 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, temperatu
     )
 
 
-def _chunk_logprobs(hidden, weight, targets, temperature):
-    """(n, H) hidden states, (V, H) head rows, (n,) targets -> (n,) fp32 log-probs of the targets."""
-    logits = hidden.float() @ weight.float().T / temperature         # (n, V)
-    return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+def _chunk_logprobs(hidden, weight, targets, temperature, vocab):
+    """(n, H) hidden states, (V, H) head, (n,) targets -> (n,) fp32 log-probs over the first `vocab` ids."""
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits, even under bf16 autocast
+        logits = hidden.float() @ weight.T / temperature        # (n, V): the full head keeps the GEMM aligned
+    return logits[:, :vocab].log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def token_logprobs(model, tokens: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, *,
@@ -124,10 +125,10 @@ def token_logprobs(model, tokens: torch.Tensor, attn: torch.Tensor, resp: torch.
     scored = resp[:, 1:]                                             # token t is predicted at t-1
     h = hidden[:, :-1][scored]                                       # (n, H) packed response positions
     targets = tokens[:, 1:][scored]                                  # (n,)
-    weight = model.get_output_embeddings().weight[:vocab]            # (vocab, H)
+    weight = model.get_output_embeddings().weight.float()            # (V, H), cast once, not per chunk
     pieces = []
     for i in range(0, h.shape[0], chunk_tokens):
-        args = (h[i:i + chunk_tokens], weight, targets[i:i + chunk_tokens], temperature)
+        args = (h[i:i + chunk_tokens], weight, targets[i:i + chunk_tokens], temperature, vocab)
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:

@@ -24,6 +24,8 @@ import inspect
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -124,7 +126,13 @@ class Config:
     output_dir: str = "runs/scope"
     """metrics.jsonl, eval.jsonl, checkpoints and the final student go here"""
     save_every: int = 50
-    """save the student every this many steps (and always at the end)"""
+    """write a resumable checkpoint (with the student as a plain HF model) every this many steps, and at the end"""
+    keep_checkpoints: int = 2
+    """keep the newest this many checkpoints"""
+    resume: str = ""
+    """'' = a fresh run (refused if output_dir holds one); auto = continue from the newest checkpoint there; or a checkpoint dir"""
+    max_bad_steps: int = 3
+    """stop after this many optimizer steps in a row skipped for a non-finite gradient"""
     seed: int = 0
     """seeds the data order and, per step, the sampling"""
 
@@ -264,7 +272,8 @@ def check_config(cfg: Config):
         if getattr(cfg, name) not in allowed:
             fail(f"field {name!r} is {getattr(cfg, name)!r}; allowed: {', '.join(allowed)}")
     positive = ["group_size", "batch_size", "max_new_tokens", "max_prompt_tokens", "max_steps",
-                "micro_batch_tokens", "logprob_chunk_tokens", "save_every", "eval_limit", "eval_samples"]
+                "micro_batch_tokens", "logprob_chunk_tokens", "save_every", "eval_limit", "eval_samples",
+                "keep_checkpoints", "max_bad_steps"]
     for name in positive:
         if getattr(cfg, name) < 1:
             fail(f"field {name!r} is {getattr(cfg, name)}; it must be an integer >= 1")
@@ -483,9 +492,10 @@ def main(argv: list[str]):
         import toy
         if rank == 0:
             toy.build(cfg.toy_dir)
-        if world > 1:
-            dist.barrier()
+        barrier(world)
     out_dir = Path(cfg.output_dir)
+    resume_from = find_checkpoint(cfg, out_dir)
+    check_context(cfg)
     gpu = device.type == "cuda"
     compute = torch.bfloat16 if gpu and cfg.dtype == "bfloat16" else torch.float32
 
@@ -504,6 +514,7 @@ def main(argv: list[str]):
     # single GPU: autocast; under FSDP2 the mixed-precision policy casts instead
     amp = torch.autocast("cuda", dtype=compute) if gpu and world == 1 else nullcontext()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_checkpoint(resume_from, student, optimizer) if resume_from else 0
 
     # ---- data: prompts built once; over-long prompts dropped
     def prompts_of(rows):
@@ -542,11 +553,16 @@ def main(argv: list[str]):
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    if cfg.eval_every:
+        for name in ("metrics.jsonl", "eval.jsonl"):  # a resumed run rewrites the steps after its checkpoint
+            keep_steps_up_to(out_dir / name, start)
+    if cfg.eval_every and start == 0:
         quick_eval(0)
+    stop = catch_stop_signals()
+    bad_in_a_row = 0
 
     per_rank = cfg.batch_size // world
-    bar = tqdm(range(cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True,
+               initial=start, total=cfg.max_steps)
     for step in bar:
         t0 = time.perf_counter()
         # Sampling is seeded from (seed, step, rank): a resumed run draws exactly what it would have.
@@ -591,9 +607,12 @@ def main(argv: list[str]):
             (loss * world).backward()  # the loss is a global mean already; FSDP's gradient average over ranks must not shrink it
             infos.append(info)
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        optimizer.step()
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+        finite = math.isfinite(grad_norm)  # the global norm: every rank takes the same decision
+        if finite:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        bad_in_a_row = 0 if finite else bad_in_a_row + 1
         t4 = time.perf_counter()
 
         # ---- log: per-rollout numbers of the whole step (gathered from every rank)
@@ -609,7 +628,7 @@ def main(argv: list[str]):
         stats = {"loss_mle": roll["loss_mle"].sum().item(), "loss_opd": roll["loss_opd"].sum().item(),
                  **summarize(roll, cfg.group_size)}
         record = {"step": step + 1, "loss": stats["loss_mle"] + stats["loss_opd"], **stats,
-                  "grad_norm": grad_norm.item(), "tokens_per_s": n_tokens / (t4 - t0),
+                  "grad_norm": grad_norm, "skipped": not finite, "tokens_per_s": n_tokens / (t4 - t0),
                   "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             record["eval_accuracy"] = quick_eval(step + 1)
@@ -618,13 +637,135 @@ def main(argv: list[str]):
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}",
                             kl=f"{record['kl']:.3f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
-            save(student, tokenizer, out_dir / f"step_{step + 1:06d}", rank, world)
+        if bad_in_a_row > cfg.max_bad_steps:
+            fail(f"{bad_in_a_row} steps in a row had a non-finite gradient; the last good checkpoint is in "
+                 f"{out_dir} (lower lr, or check the data)")
+        stopping = all_max(stop["signal"] is not None, world)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps or stopping:
+            save_checkpoint(student, optimizer, tokenizer, out_dir, step + 1, cfg.keep_checkpoints, rank, world)
+        if stopping:
+            again = argv if any(a.startswith("--resume") for a in argv) else [*argv, "--resume", "auto"]
+            if rank == 0:
+                print(f"\nstopped by a signal after step {step + 1}; checkpoint saved. Continue with:\n"
+                      f"  python scope.py {' '.join(again)}", file=sys.stderr)
+            sys.exit(128 + (stop["signal"] or signal.SIGTERM))
     save(student, tokenizer, out_dir, rank, world)
     if rank == 0:
         print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
     if world > 1:
         dist.destroy_process_group()
+
+
+def all_max(flag: bool, world: int) -> bool:
+    return all_sum(float(flag), world) > 0
+
+
+def catch_stop_signals() -> dict:
+    """SIGTERM (preemption) and SIGINT set a flag the loop reads at the next step boundary; a second one kills."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def check_context(cfg: Config):
+    """A prompt plus a response must fit the student's context: checked before any weights load."""
+    from transformers import AutoConfig
+
+    try:
+        limit = AutoConfig.from_pretrained(resolve(cfg.student)).get_text_config().max_position_embeddings
+    except (OSError, ValueError):
+        return  # load_model reports a missing model with the full message
+    if cfg.max_prompt_tokens + cfg.max_new_tokens > limit:
+        fail(f"max_prompt_tokens + max_new_tokens = {cfg.max_prompt_tokens + cfg.max_new_tokens} exceeds the "
+             f"student's context of {limit} tokens; lower max_new_tokens or max_prompt_tokens")
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a save in progress lives in a .tmp_ dir until renamed)."""
+    return sorted(p for p in out_dir.glob("step_*") if (p / "trainer.json").exists())
+
+
+def find_checkpoint(cfg: Config, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite a previous run."""
+    if cfg.resume == "":
+        if checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists():
+            fail(f"output_dir {out_dir} already holds a run; continue it with --resume auto, "
+                 f"or choose another --output-dir")
+        return None
+    if cfg.resume == "auto":
+        found = checkpoints(out_dir)
+        return found[-1] if found else None
+    path = Path(cfg.resume)
+    if not (path / "trainer.json").exists():
+        fail(f"--resume {path}: not a checkpoint (expected a step_NNNNNN directory written by scope.py)")
+    return path
+
+
+def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, keep: int, rank: int, world: int):
+    """Atomically: write into a temporary directory, flush to disk, then rename; prune old ones.
+
+    Holds the student as a plain HF model, and model + optimizer state (sharded under FSDP2) in
+    torch.distributed.checkpoint format for an exact resume. Nothing else is needed: the data
+    order and the sampling seeds are functions of the step.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final, tmp = out_dir / f"step_{step:06d}", out_dir / f".tmp_step_{step:06d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier(world)
+    save(model, tokenizer, tmp, rank, world)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "state")
+    barrier(world)
+    if rank == 0:
+        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        fd = os.open(out_dir, os.O_RDONLY)  # make the rename itself durable
+        os.fsync(fd)
+        os.close(fd)
+        for old in checkpoints(out_dir)[:-keep]:
+            shutil.rmtree(old)
+    barrier(world)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> int:
+    """Restore model and optimizer from a checkpoint; returns its step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=path / "state")
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    step = json.loads((path / "trainer.json").read_text())["step"]
+    print(f"resumed from {path} (step {step})")
+    return step
+
+
+def keep_steps_up_to(path: Path, step: int):
+    """Drop the lines of a jsonl log written after `step` (by a run that died before its next checkpoint)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+
+def barrier(world: int):
+    if world > 1:
+        dist.barrier()
 
 
 def save(model, tokenizer, path: Path, rank: int, world: int):

@@ -50,7 +50,7 @@ def toy_world(tmp_path_factory):
 def tiny_args(student, teacher, data, out, *extra) -> list[str]:
     """scope.py arguments for a fast run on the tiny random models."""
     return ["--student", str(student), "--teacher", str(teacher), "--train-data", str(data),
-            "--eval-every", "0", "--group-size", "4", "--batch-size", "4", "--max-new-tokens", "12",
+            "--eval-every", "0", "--group-size", "4", "--batch-size", "4", "--max-new-tokens", "12", "--max-prompt-tokens", "64",
             "--max-steps", "2", "--save-every", "2", "--output-dir", str(out),
             "--gradient-checkpointing", "false", *extra]
 
