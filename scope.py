@@ -37,6 +37,62 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from sample import build_prompt, generate, token_logprobs
+from verify import grade
+
+
+# -----------------------------------------------------------------------------
+# The method: weights and loss (METHOD.md)
+
+def group_softmax(scores: torch.Tensor, group: torch.Tensor, member: torch.Tensor, mean_one: bool) -> torch.Tensor:
+    """Softmax of scores (N,) over the members of each prompt's group; 0 for non-members.
+
+    This is the denominator of Eqs. 4-5: weights are comparable only within one prompt's subset.
+    mean_one scales each subset's weights to average 1 instead of summing to 1.
+    """
+    w = torch.zeros_like(scores)
+    for g in group[member].unique():
+        m = member & (group == g)
+        w[m] = torch.softmax(scores[m], 0) * (m.sum() if mean_one else 1)
+    return w
+
+
+def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: float):
+    """The SCOPE objective (Eq. 6) for whole groups of rollouts.
+
+    logp:         (N, T) student log-probs of the sampled tokens, with grad
+    teacher_logp: (N, T) teacher log-probs of the same tokens
+    mask:         (N, T) bool, response tokens
+    correct:      (N,) bool, verifier's verdict
+    group:        (N,) int, which prompt each rollout answers (every rollout of a prompt is here)
+    norm:         what the summed loss is divided by: all response tokens of the step (token_mean),
+                  or its number of prompts (sum); over all micro-batches and ranks
+    Returns the loss and a dict of detached numbers worth logging.
+    """
+    mask = mask.float()
+    old = logp.detach()                                  # pi_old: the policy that sampled
+    rho = torch.exp(logp - old)                          # Eq. 1: value 1, gradient = grad log pi_theta
+    n_tok = mask.sum(1).clamp(min=1)
+    nll_s = -(old * mask).sum(1) / n_tok                 # log PPL_S(y_i)
+    nll_t = -(teacher_logp * mask).sum(1) / n_tok        # log PPL_T(y_i)
+
+    mle = correct if cfg.route_by_correctness else torch.zeros_like(correct)  # OPD: no routing
+    sign = {"ppl": 1.0, "uniform": 0.0, "reversed": -1.0}
+    mean_one = cfg.weight_scale == "mean"
+    w_stu = group_softmax(sign[cfg.student_weight] * nll_s / cfg.tau, group, mle, mean_one)    # Eq. 4
+    w_tea = group_softmax(-sign[cfg.teacher_weight] * nll_t / cfg.tau, group, ~mle, mean_one)  # Eq. 5
+
+    advantage = old - teacher_logp                       # Eq. 3: k1 reverse KL per token, detached
+    loss_mle = (w_stu[:, None] * -rho * mask).sum() / norm              # Eq. 2, on C
+    loss_opd = (w_tea[:, None] * rho * advantage * mask).sum() / norm   # Eq. 3, on W
+    info = {"loss_mle": loss_mle.detach(), "loss_opd": loss_opd.detach(), "weight": w_stu + w_tea,
+            "mle": mle, "nll_student": nll_s, "nll_teacher": nll_t.detach(),
+            "kl_sum": (advantage * mask).sum(1), "n_tokens": mask.sum(1)}
+    return loss_mle + loss_opd, info                     # Eq. 6: the two paths added 1:1
+
+
+# -----------------------------------------------------------------------------
+# Configuration: one dataclass, each field documented where declared (the --help text)
 
 @dataclass
 class Config:
@@ -153,59 +209,6 @@ def fail(message: str):
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
-
-# -----------------------------------------------------------------------------
-# The method: weights and loss (METHOD.md)
-
-def group_softmax(scores: torch.Tensor, group: torch.Tensor, member: torch.Tensor, mean_one: bool) -> torch.Tensor:
-    """Softmax of scores (N,) over the members of each prompt's group; 0 for non-members.
-
-    This is the denominator of Eqs. 4-5: weights are comparable only within one prompt's subset.
-    mean_one scales each subset's weights to average 1 instead of summing to 1.
-    """
-    w = torch.zeros_like(scores)
-    for g in group[member].unique():
-        m = member & (group == g)
-        w[m] = torch.softmax(scores[m], 0) * (m.sum() if mean_one else 1)
-    return w
-
-
-def scope_loss(logp, teacher_logp, mask, correct, group, cfg: Config, norm: float):
-    """The SCOPE objective (Eq. 6) for whole groups of rollouts.
-
-    logp:         (N, T) student log-probs of the sampled tokens, with grad
-    teacher_logp: (N, T) teacher log-probs of the same tokens
-    mask:         (N, T) bool, response tokens
-    correct:      (N,) bool, verifier's verdict
-    group:        (N,) int, which prompt each rollout answers (every rollout of a prompt is here)
-    norm:         what the summed loss is divided by: all response tokens of the step (token_mean),
-                  or its number of prompts (sum); over all micro-batches and ranks
-    Returns the loss and a dict of detached numbers worth logging.
-    """
-    mask = mask.float()
-    old = logp.detach()                                  # pi_old: the policy that sampled
-    rho = torch.exp(logp - old)                          # Eq. 1: value 1, gradient = grad log pi_theta
-    n_tok = mask.sum(1).clamp(min=1)
-    nll_s = -(old * mask).sum(1) / n_tok                 # log PPL_S(y_i)
-    nll_t = -(teacher_logp * mask).sum(1) / n_tok        # log PPL_T(y_i)
-
-    mle = correct if cfg.route_by_correctness else torch.zeros_like(correct)  # OPD: no routing
-    sign = {"ppl": 1.0, "uniform": 0.0, "reversed": -1.0}
-    mean_one = cfg.weight_scale == "mean"
-    w_stu = group_softmax(sign[cfg.student_weight] * nll_s / cfg.tau, group, mle, mean_one)    # Eq. 4
-    w_tea = group_softmax(-sign[cfg.teacher_weight] * nll_t / cfg.tau, group, ~mle, mean_one)  # Eq. 5
-
-    advantage = old - teacher_logp                       # Eq. 3: k1 reverse KL per token, detached
-    loss_mle = (w_stu[:, None] * -rho * mask).sum() / norm              # Eq. 2, on C
-    loss_opd = (w_tea[:, None] * rho * advantage * mask).sum() / norm   # Eq. 3, on W
-    info = {"loss_mle": loss_mle.detach(), "loss_opd": loss_opd.detach(), "weight": w_stu + w_tea,
-            "mle": mle, "nll_student": nll_s, "nll_teacher": nll_t.detach(),
-            "kl_sum": (advantage * mask).sum(1), "n_tokens": mask.sum(1)}
-    return loss_mle + loss_opd, info                     # Eq. 6: the two paths added 1:1
-
-
-# -----------------------------------------------------------------------------
-# Configuration
 
 def parse_config(argv: list[str]) -> Config:
     """Defaults, then --config FILE.yaml, then --field-name VALUE flags; every value checked."""
@@ -446,6 +449,30 @@ def micro_batches(ro, group_size: int, budget: int):
         start = end
 
 
+def score_with_teacher(teacher, ro, batches, vocab: int, cfg: Config, amp) -> torch.Tensor:
+    """(N, L) teacher log-probs of the sampled tokens, micro-batch by micro-batch, without gradients."""
+    logp = torch.zeros(ro.tokens.shape, device=ro.tokens.device)
+    with torch.no_grad(), amp:
+        for r, c in batches:
+            logp[r, c] = token_logprobs(teacher, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
+                                        temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
+    return logp
+
+
+def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
+                         norm: float, world: int) -> list[dict]:
+    """Backward of `scope_loss` over micro-batches of whole groups; returns each micro-batch's info."""
+    infos = []
+    for r, c in batches:
+        with amp:
+            logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
+                                  temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
+        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm)
+        (loss * world).backward()  # the loss is a global mean already: undo FSDP's average over ranks
+        infos.append(info)
+    return infos
+
+
 def summarize(roll: dict, group_size: int) -> dict:
     """Per-step numbers that tell whether training does something (README, Metrics).
 
@@ -480,9 +507,7 @@ def main(argv: list[str]):
     cfg = parse_config(argv)
     from transformers.utils import logging as hf_logging
 
-    import eval as evaluation
-    from sample import build_prompt, generate, token_logprobs
-    from verify import grade
+    import eval as evaluation  # eval.py imports this file: import it only once both exist
 
     hf_logging.set_verbosity_error()
     rank, world, device = setup_distributed()
@@ -497,6 +522,8 @@ def main(argv: list[str]):
     resume_from = find_checkpoint(cfg, out_dir)
     check_context(cfg)
     gpu = device.type == "cuda"
+    if gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16 anyway
     compute = torch.bfloat16 if gpu and cfg.dtype == "bfloat16" else torch.float32
 
     # ---- models: student in float32 (its master weights), teacher in the compute dtype, frozen
@@ -586,26 +613,14 @@ def main(argv: list[str]):
 
         # ---- teacher: log-probs of the sampled tokens (one forward, no generation)
         batches = list(micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens))
-        teacher_logp = torch.zeros(ro.tokens.shape, device=device)
-        with torch.no_grad(), amp:
-            for r, c in batches:
-                teacher_logp[r, c] = token_logprobs(teacher, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c],
-                                                    vocab=vocab, temperature=cfg.temperature,
-                                                    chunk_tokens=cfg.logprob_chunk_tokens)
+        teacher_logp = score_with_teacher(teacher, ro, batches, vocab, cfg, amp)
         t3 = time.perf_counter()
 
         # ---- update: one optimizer step, gradients accumulated over micro-batches of whole groups
         student.train()
         n_tokens = all_sum(ro.resp.sum().item(), world)
         norm = n_tokens if cfg.loss_agg == "token_mean" else cfg.batch_size
-        infos = []
-        for r, c in batches:
-            with amp:
-                logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
-                                      temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-            loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm)
-            (loss * world).backward()  # the loss is a global mean already; FSDP's gradient average over ranks must not shrink it
-            infos.append(info)
+        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norm, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
         grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
         finite = math.isfinite(grad_norm)  # the global norm: every rank takes the same decision

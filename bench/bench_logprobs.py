@@ -71,6 +71,8 @@ def measure(method: str, tokens: int, device: torch.device, chunk_tokens: int, r
     fn = token_logprobs if method == "chunked" else naive_token_logprobs
     cuda = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # as scope.py: TF32 for the fp32 log-prob head
 
     if cuda:
         torch.cuda.synchronize()

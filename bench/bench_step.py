@@ -6,7 +6,7 @@
 
 The step is scope.py's on one GPU: the student's weights fp32 under bf16 autocast, the teacher in
 bf16, sampling with HF `generate` (temperature 0.6, no top-p/top-k, KV cache, model in eval mode),
-teacher log-probs with `sample.token_logprobs` under no_grad, then `scope.scope_loss` over
+teacher log-probs with `scope.score_with_teacher`, then `scope.accumulate_gradients` over
 micro-batches of whole groups (`scope.micro_batches`) with gradient checkpointing, gradient
 clipping and one AdamW step. What is not real:
   - the weights are random (built from the models' configurations, written below; no hub access);
@@ -33,8 +33,8 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sample import Rollouts, token_logprobs  # noqa: E402
-from scope import Config, micro_batches, scope_loss  # noqa: E402
+from sample import Rollouts  # noqa: E402
+from scope import Config, accumulate_gradients, micro_batches, score_with_teacher  # noqa: E402
 
 VOCAB = 151_665        # the shared tokenizer's ids: prompts are drawn from them, log-probs are over them
 EOS = 151_643          # <|endoftext|>
@@ -130,6 +130,8 @@ def main():
     student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # as scope.py: TF32 for the fp32 log-prob head
     params = {m: sum(p.numel() for p in model.parameters()) for m, model in (("student", student), ("teacher", teacher))}
     print(f"{device} ({torch.cuda.get_device_name(device) if cuda else 'CPU, fp32, no autocast'}): "
           f"student {params['student'] / 1e6:,.0f}M params fp32, teacher {params['teacher'] / 1e6:,.0f}M params "
@@ -149,24 +151,10 @@ def main():
             return student.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
                                     generation_config=gen_config)
 
-    def score(ro, batches):
-        teacher_logp = torch.zeros(ro.tokens.shape, device=device)
-        with torch.no_grad(), amp:
-            for r, c in batches:
-                teacher_logp[r, c] = token_logprobs(teacher, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c],
-                                                    vocab=VOCAB, temperature=cfg.temperature,
-                                                    chunk_tokens=cfg.logprob_chunk_tokens)
-        return teacher_logp
-
     def update(ro, batches, teacher_logp, correct, group):
         student.train()
         norm = ro.resp.sum().item()        # token_mean: every response token of the step
-        for r, c in batches:
-            with amp:
-                logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=VOCAB,
-                                      temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-            loss, _ = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm)
-            loss.backward()
+        accumulate_gradients(student, ro, batches, teacher_logp, correct, group, VOCAB, cfg, amp, norm, world=1)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -186,7 +174,8 @@ def main():
         group = torch.arange(args.batch_prompts, device=device).repeat_interleave(args.group_size)
         batches = list(micro_batches(ro, args.group_size, args.micro_batch_tokens))
         size = f"{len(batches)} micro-batches of <= {max(r.stop - r.start for r, _ in batches)} rows x {length} tokens"
-        teacher_logp, t_tea, h_tea, m_tea = run_phase("teacher", lambda: score(ro, batches), device, size)
+        teacher_logp, t_tea, h_tea, m_tea = run_phase("teacher", lambda: score_with_teacher(teacher, ro, batches, VOCAB, cfg, amp),
+                                                 device, size)
         _, t_upd, h_upd, m_upd = run_phase("update", lambda: update(ro, batches, teacher_logp, correct, group), device, size)
 
     # ---- report the last step

@@ -1,6 +1,7 @@
 """FSDP2 through torchrun on CPU (gloo): the same update as one process, and generation that never hangs."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,10 +17,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def torchrun(args: list[str], timeout: int = 240) -> str:
-    """Run under 2 ranks; a hang becomes a failure through the timeout."""
-    out = subprocess.run(TORCHRUN + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
+    """Run under 2 ranks; a hang becomes a failure through the timeout, and no rank outlives it."""
+    proc = subprocess.Popen(TORCHRUN + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"torchrun {' '.join(args)} hung for {timeout} s")
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return out
 
 
 def test_two_ranks_make_the_same_update_as_one_process(tiny_pair, tmp_path):
@@ -43,7 +51,7 @@ def test_two_ranks_make_the_same_update_as_one_process(tiny_pair, tmp_path):
 
 
 def test_ranks_that_stop_at_different_lengths_do_not_hang_and_gather_once(toy_world):
-    out = torchrun(["tests/dist_generate.py", str(toy_world / "student")], timeout=120)
+    out = torchrun(["tests/dist_generate.py", str(toy_world / "student")])
     ranks = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(ranks) == 2
     lengths = [r["lengths"][0] for r in ranks]
