@@ -1,6 +1,6 @@
 """
 The offline demo world: a task, a tokenizer, a weak student and a strong teacher, built in about
-a minute on two CPU cores and cached on disk.
+two minutes on two CPU cores and cached on disk.
 
 The task is multi-digit addition with a short worked solution ending in \\boxed{}:
 
@@ -12,8 +12,9 @@ transformers trained by supervised fine-tuning on worked solutions. The teacher 
 always ends with the \\boxed{} answer the prompt asks for. The student trains less, and 70% of
 its training solutions end "sum 843" instead: like many base models, it mostly ignores the
 instruction, so the verifier cannot grade it right. Greedy, it scores about 0% held out and the
-teacher about 97%; SCOPE has to teach it both the format and better arithmetic. The teacher's LM head has more rows than the
-tokenizer (as Qwen2.5-7B's has), the student's is tied to its embeddings (as Qwen2.5-0.5B's is).
+teacher about 97%; SCOPE has to teach it both the format and better arithmetic. The teacher's LM
+head has more rows than the tokenizer (as Qwen2.5-7B's has), the student's is tied to its
+embeddings (as Qwen2.5-0.5B's is).
 
 `python toy.py DIR` builds the world in DIR and prints each model's held-out accuracy. scope.py
 builds it on first use when a config sets `toy_dir` (configs/toy.yaml).
@@ -29,13 +30,14 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 from sample import build_prompt, generate
+from scope import Config
 from verify import grade
 
 # The pre-tokenizer Qwen2Tokenizer itself uses: digits split one by one, so BPE never merges them.
 QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 EOS = "<|endoftext|>"
-SUFFIX = "Put your final answer within \\boxed{}."   # the default prompt suffix of scope.py
+SUFFIX = Config.prompt_suffix  # the prompt of training, as a Qwen run builds it
 STUDENT_SFT_STEPS, TEACHER_SFT_STEPS = 400, 500
 STUDENT_BOXED = 0.3  # fraction of the student's training answers that follow the instruction to box
 
