@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under torchrun: FSDP2 generation where the ranks stop at
-different lengths, counting the parameter all-gathers. Prints one JSON line per rank."""
+different lengths, counting the parameter all-gathers. Rank 0 prints every rank's numbers as one JSON line."""
 import json
 import sys
 from pathlib import Path
@@ -35,6 +35,10 @@ with gathered(model):
     ro = generate(model, tokenizer, [prompt], 2, **kw)
 once = calls
 generate(model, tokenizer, [prompt], 2, **kw)  # without `gathered`: one all-gather per unit per token
-print(json.dumps({"rank": rank, "lengths": ro.resp.sum(1).tolist(), "gathered_all_gathers": once,
-                  "plain_all_gathers": calls - once, "units": len(model.model.layers) + 1}), flush=True)
+mine = {"rank": rank, "lengths": ro.resp.sum(1).tolist(), "gathered_all_gathers": once,
+        "plain_all_gathers": calls - once, "units": len(model.model.layers) + 1}
+everyone = [None] * world
+dist.all_gather_object(everyone, mine)  # one print from rank 0: two ranks writing to one pipe can interleave
+if rank == 0:
+    print(json.dumps(everyone), flush=True)
 dist.destroy_process_group()

@@ -52,7 +52,7 @@ def test_two_ranks_make_the_same_update_as_one_process(tiny_pair, tmp_path):
 
 def test_ranks_that_stop_at_different_lengths_do_not_hang_and_gather_once(toy_world):
     out = torchrun(["tests/dist_generate.py", str(toy_world / "student")])
-    ranks = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    ranks = next(json.loads(line) for line in out.splitlines() if line.startswith("[{"))
     assert len(ranks) == 2
     lengths = [r["lengths"][0] for r in ranks]
     assert lengths[0] != lengths[1], lengths  # rank 0 finished while rank 1 was still decoding
