@@ -79,8 +79,11 @@ def test_default_config_is_the_papers_where_the_paper_gives_one():
 
 @pytest.mark.parametrize("config", ["toy.yaml", "qwen2.5.yaml", "r1-distill-1.5b_skywork-7b.yaml",
                                     "qwen3-1.7b-base_qwen3-8b.yaml"])
-def test_shipped_configs_parse(config):
-    scope.parse_config(["--config", str(ROOT / "configs" / config)])
+def test_shipped_configs_parse_and_keep_the_papers_settings(config):
+    cfg = scope.parse_config(["--config", str(ROOT / "configs" / config)])
+    assert cfg.student and cfg.teacher and cfg.train_data and cfg.output_dir
+    if config != "toy.yaml":
+        assert (cfg.group_size, cfg.tau, cfg.temperature, cfg.lr, cfg.weight_decay) == (8, 1.0, 0.6, 5e-5, 0.01)
 
 
 def test_a_run_writes_metrics_and_a_student_that_plain_hf_reloads(tiny_pair, tmp_path):
