@@ -212,18 +212,6 @@ def check_settings(args, rank: int):
         os.replace(tmp, path)
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world, device). Under torchrun a gloo group serves only the final barrier, with a long
-    timeout because ranks finish their shares at different times."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
-        torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("gloo", timeout=timedelta(hours=12))
-        return dist.get_rank(), world, device
-    return 0, 1, device
-
-
 def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: torch.device):
     """Sample and grade every unfinished problem of this rank's share, appending to its samples file.
 
@@ -378,7 +366,8 @@ def main(argv: list[str]) -> dict | None:
 
     hf_logging.set_verbosity_error()
     args = parse_args(argv)
-    rank, world, device = setup_distributed()
+    # gloo serves only the final barrier; a long timeout, as ranks finish their shares at different times
+    rank, world, device = scope.setup_distributed("gloo", timedelta(hours=12))
     benchmarks = load_benchmarks(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(args, rank)

@@ -380,8 +380,8 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
 # -----------------------------------------------------------------------------
 # Distributed (torchrun): FSDP2; without torchrun none of this runs
 
-def setup_distributed():
-    """(rank, world, device): a process group only under torchrun."""
+def setup_distributed(backend: str | None = None, timeout=None):
+    """(rank, world, device): a process group only under torchrun (nccl on GPU, gloo on CPU by default)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -389,7 +389,7 @@ def setup_distributed():
     else:
         device = torch.device("cpu")
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
         return dist.get_rank(), world, device
     return 0, 1, device
 
@@ -429,6 +429,15 @@ def all_sum(x: float, world: int) -> float:
     t = torch.tensor([float(x)], dtype=torch.float64)
     dist.all_reduce(t)
     return t.item()
+
+
+def all_max(flag: bool, world: int) -> bool:
+    return all_sum(float(flag), world) > 0
+
+
+def barrier(world: int):
+    if world > 1:
+        dist.barrier()
 
 
 # -----------------------------------------------------------------------------
@@ -671,10 +680,6 @@ def main(argv: list[str]):
         dist.destroy_process_group()
 
 
-def all_max(flag: bool, world: int) -> bool:
-    return all_sum(float(flag), world) > 0
-
-
 def catch_stop_signals() -> dict:
     """SIGTERM (preemption) and SIGINT set a flag the loop reads at the next step boundary; a second one kills."""
     stop = {"signal": None}
@@ -776,11 +781,6 @@ def keep_steps_up_to(path: Path, step: int):
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
-
-
-def barrier(world: int):
-    if world > 1:
-        dist.barrier()
 
 
 def save(model, tokenizer, path: Path, rank: int, world: int):
