@@ -47,6 +47,19 @@ def response_mask(response: torch.Tensor, eos: list[int]) -> torch.Tensor:
     return eos_before == 0
 
 
+def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int:
+    """KV cache one token holds in every layer: 2 (K and V) x layers x KV heads x head dim x bytes."""
+    c = config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * bytes_per_value
+
+
+def rows_per_call(kv_budget_gb: float, kv_per_token: int, tokens_per_row: int) -> int:
+    """Rows one `generate` call may hold so that their KV cache stays within the budget (at least 1)."""
+    return max(1, int(kv_budget_gb * 1e9 // (kv_per_token * tokens_per_row)))
+
+
 @dataclass
 class Rollouts:
     """B prompts x G samples, flattened so that rows g*G .. g*G+G-1 are prompt g's group."""
