@@ -8,25 +8,24 @@ SCOPE routes every rollout through `grade`: a wrong verdict either sends a corre
 teacher correction or reinforces a wrong one. The checker works in four steps, one section each:
 
 1. Extraction: the last \\boxed{...} of the response, else `####`, "the answer is ...", ...
-2. Normalisation: LaTeX spellings, units, degrees, percent signs and thousands separators are
-   removed, so that both answers are written the same way.
-3. Parsing and evaluation: a small recursive-descent parser turns an answer into a tree, which
-   is evaluated exactly on rationals where it can be, in complex floats where not (pi, sqrt 2).
-   Answers with variables are compared at a few fixed pseudo-random points.
+2. Normalisation: LaTeX spellings, units, degrees, percent signs and thousands separators go.
+3. Parsing and evaluation: a recursive-descent parser turns an answer into a tree, evaluated
+   exactly on `fractions.Fraction` where it can be, in complex floats where not (pi, sqrt 2).
+   Answers with variables are compared at a few fixed random points.
 4. Structures: tuples and intervals (ordered, brackets matter), sets and lists (unordered),
    unions, matrices, equations and inequalities, multiple-choice letters and plain text.
 
-Only the standard library is used, and none of it that loads `re` (fractions, string, json and
-argparse all do, which is why this file carries its own rationals and a tiny JSON reader).
-Every input is capped in length, nesting depth, number size and exponent, and the public
-functions return None or False rather than raise.
+Standard library only; no `re` and no sympy: strings are scanned by hand. Every input is capped
+in length, nesting depth, number size and exponent; the public functions never raise.
 """
 
+import argparse
 import cmath
 import functools
+import json
 import math
 import random
-import sys
+from fractions import Fraction
 
 MAX_RESPONSE_CHARS = 20_000  # only the tail of a response is searched for the answer
 MAX_ANSWER_CHARS = 2_000  # longer answers are compared verbatim, not parsed
@@ -41,16 +40,30 @@ N_POINTS = 6  # random points at which expressions with variables are compared
 REL_TOL = 1e-6  # for values that are not exact rationals
 
 
-class _Unparsed(Exception):
-    """Raised when an answer is not an expression the parser understands; it is then text."""
+def grade(response: str, gold: str, fallback: bool = False) -> bool:
+    """Is the final answer of `response` (a bare answer is its own response) equivalent to
+    `gold`? `fallback` also takes the last number of an unmarked response: off for training,
+    where an unmarked answer should earn nothing; eval may turn it on."""
+    answer = extract_answer(response, fallback)
+    return answer is not None and is_equivalent(answer, gold)
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. Extraction
-# ---------------------------------------------------------------------------------------------
-
-_PHRASES = ("final answer is", "final answer:", "the answer is", "answer:")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+def is_equivalent(pred: str, gold: str) -> bool:
+    """Are two bare answers the same answer? Never raises; False when unsure."""
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return pred.split() == gold.split()  # too long to parse safely
+    try:
+        preds, golds = _readings(pred), _readings(gold)
+        if not preds[0] or not golds[0]:
+            return False
+        letter = _choice(golds[0])
+        if letter and golds[0].replace(" ", "") in (letter, "(" + letter + ")"):
+            return _choice(preds[0]) == letter
+        return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds)
+    except Exception:  # a bug here must cost one verdict, not a training run
+        return False
 
 
 def extract_answer(text: str, fallback: bool = False) -> str | None:
@@ -61,73 +74,59 @@ def extract_answer(text: str, fallback: bool = False) -> str | None:
     ...", "Final Answer: ..."; a short one-line response, which is its own answer; and, only if
     `fallback` is set, the last number. An empty or unclosed last box gives None.
     """
+    if not isinstance(text, str):
+        return None
     try:
-        return _extract(text, fallback)
+        end = text.rfind("</think>")
+        if end >= 0:
+            text = text[end + len("</think>"):]
+        elif "<think>" in text:
+            return None  # the model stopped before it finished thinking
+        text = text[-MAX_RESPONSE_CHARS:]
+        answer = _boxed_answer(text)
+        if answer is None and "####" in text:  # GSM8K style
+            answer = text[text.rfind("####") + 4:].strip().split("\n")[0]
+        if answer is None:
+            answer = _phrase_answer(text)
+        if answer is None and "\n" not in text.strip() and len(text) <= 200:
+            answer = text
+        if answer is None and fallback:
+            answer = _last_number(text)
+        return None if answer is None else _clean(answer)
     except Exception:
         return None
 
 
-def _extract(text, fallback):
-    if not isinstance(text, str):
-        return None
-    end = text.rfind("</think>")
-    if end >= 0:
-        text = text[end + len("</think>"):]
-    elif "<think>" in text:
-        return None  # the model stopped before it finished thinking
-    text = text[-MAX_RESPONSE_CHARS:]
-    answer = _boxed_answer(text)
-    if answer is None and "####" in text:  # GSM8K style
-        answer = text[text.rfind("####") + 4:].strip().split("\n")[0]
-    if answer is None:
-        answer = _phrase_answer(text)
-    if answer is None and "\n" not in text.strip() and len(text) <= 200:
-        answer = text
-    if answer is None and fallback:
-        answer = _last_number(text)
-    return None if answer is None else _clean(answer)
+# ---------------------------------------------------------------------------------------------
+# 1. Extraction
+# ---------------------------------------------------------------------------------------------
+
+_PHRASES = ("final answer is", "final answer:", "the answer is", "answer:")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _match_brace(s, i):
     """Index of the '}' closing the '{' at s[i], or -1. Escaped braces (\\{ \\}) do not count."""
     depth = 0
-    j, n = i, len(s)
-    while j < n:
-        c = s[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return j
-        j += 1
+    while i < len(s):
+        depth += (s[i] == "{") - (s[i] == "}")
+        if depth == 0:
+            return i
+        i += 2 if s[i] == "\\" else 1
     return -1
 
 
 def _box_at(text, start):
     """(content, end) of the box command at text[start]; content is None when it is unclosed."""
     i = start + (6 if text.startswith("\\boxed", start) else 5)
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i < len(text) and text[i] == "{":
+    i += len(text[i:i + 100]) - len(text[i:i + 100].lstrip(" "))
+    if text.startswith("{", i):
         j = _match_brace(text, i)
         return (None, i) if j < 0 else (text[i + 1:j], j + 1)
     j = i
     while j < len(text) and text[j] not in " \n$":  # the short form: \boxed 5
         j += 1
     return text[i:j], j
-
-
-def _is_connector(gap):
-    """Does the text between two boxes only join them, as in `\\boxed{2}$ and $\\boxed{3}`?"""
-    if len(gap) > 40:
-        return False
-    for word in ("\\text", "\\quad", "and", "or", "$", ",", ";", "{", "}", "\\(", "\\)"):
-        gap = gap.replace(word, "")
-    return not gap.strip()
 
 
 def _boxed_answer(text):
@@ -142,8 +141,11 @@ def _boxed_answer(text):
         content, stop = _box_at(text, start)
         if not found and content is None:
             return ""
+        gap = text[stop:end]  # between two boxes: must only join them, as `$ and $` does
+        for word in ("\\text", "\\quad", "and", "or", "$", ",", ";", "{", "}", "\\(", "\\)"):
+            gap = gap.replace(word, "")
         if found and (content is None or not content.strip() or stop > end
-                      or not _is_connector(text[stop:end])):
+                      or len(text[stop:end]) > 40 or gap.strip()):
             break
         found.append(content)
         end = start
@@ -193,8 +195,7 @@ def _clean(answer):
         if s.startswith(opener) and s.endswith(closer):
             s = s[len(opener):-len(closer)]
     s = "".join(c for k, c in enumerate(s) if c != "$" or (k > 0 and s[k - 1] == "\\"))
-    s = s.strip().rstrip(".,;:").strip()
-    return s or None
+    return s.strip().rstrip(".,;:").strip() or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,22 +213,20 @@ _UNICODE = str.maketrans({
 
 # LaTeX command -> replacement; "" deletes it. \( \) \[ \] are math delimiters here.
 _COMMANDS = {
-    "left": "", "right": "", "big": "", "Big": "", "bigl": "", "bigr": "", "Bigl": "", "Bigr": "",
-    "displaystyle": "", "textstyle": "", "limits": "", "boxed": "", "fbox": "", "operatorname": "",
-    "textbf": "", "mathbf": "", "mathit": "", "boldsymbol": "", "bm": "", "mathbb": "",
-    ",": "", "!": "", ";": "", ":": "", " ": " ", "quad": " ", "qquad": " ", "$": "", "%": "%",
-    "(": "", ")": "", "[": "", "]": "",
-    "dfrac": "\\frac", "tfrac": "\\frac", "cfrac": "\\frac",
-    "dbinom": "\\binom", "tbinom": "\\binom",
-    "cdot": "*", "times": "*", "ast": "*", "div": "/", "lt": "<", "gt": ">",
-    "leq": "\\le", "leqslant": "\\le", "geq": "\\ge", "geqslant": "\\ge", "neq": "\\ne",
-    "circ": "\u00b0", "degree": "\u00b0", "prime": "'", "lvert": "|", "rvert": "|", "vert": "|",
-    "mbox": "\\text", "textrm": "\\text", "textnormal": "\\text", "textup": "\\text",
-    "textit": "\\text", "textsf": "\\text", "texttt": "\\text", "mathrm": "\\text",
-    "infin": "\\infty",
+    **dict.fromkeys("left right big Big bigl bigr Bigl Bigr displaystyle textstyle limits boxed fbox"
+                    " operatorname textbf mathbf mathit boldsymbol bm mathbb , ! ; : $ ( ) [ ]"
+                    .split(" "), ""),
+    **dict.fromkeys("mbox textrm textnormal textup textit textsf texttt mathrm".split(), "\\text"),
+    " ": " ", "quad": " ", "qquad": " ", "%": "%", "dfrac": "\\frac", "tfrac": "\\frac",
+    "cfrac": "\\frac", "dbinom": "\\binom", "tbinom": "\\binom", "cdot": "*", "times": "*",
+    "ast": "*", "div": "/", "lt": "<", "gt": ">", "leq": "\\le", "leqslant": "\\le", "geq": "\\ge",
+    "geqslant": "\\ge", "neq": "\\ne", "circ": "\u00b0", "degree": "\u00b0", "prime": "'",
+    "lvert": "|", "rvert": "|", "vert": "|", "infin": "\\infty",
 }
 
 _DIGITS = "0123456789"
+_FUNCTIONS = ("arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "sqrt", "sin", "cos", "tan",
+              "cot", "sec", "csc", "exp", "log", "ln")
 
 
 def _is_letter(c):
@@ -244,34 +243,27 @@ def _command_at(s, i):
     return s[i + 1:k], k
 
 
-_FUNCTIONS = ("arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "sqrt", "sin", "cos", "tan",
-              "cot", "sec", "csc", "exp", "log", "ln")
-
-
 def _unicode_roots(s):
     """√13 -> \\sqrt{13}: the radical sign covers the number after it."""
     parts = s.split("\u221a")
-    out = [parts[0]]
+    out = parts[:1]
     for part in parts[1:]:
-        k = 0
-        while k < len(part) and part[k] in _DIGITS + ".":
-            k += 1
+        k = len(part) - len(part.lstrip(_DIGITS + "."))
         out.append("\\sqrt{" + part[:k] + "}" + part[k:] if k else "\\sqrt" + part)
     return "".join(out)
 
 
 def _rewrite_commands(s):
     """One pass over backslash commands, replacing each as _COMMANDS says."""
-    out, i, n = [], 0, len(s)
-    while i < n:
+    out, i = [], 0
+    while i < len(s):
         j = s.find("\\", i)
         if j < 0:
             out.append(s[i:])
             break
-        out.append(s[i:j])
         name, k = _command_at(s, j)
         replacement = _COMMANDS.get(name)
-        out.append(s[j:k] if replacement is None else replacement)
+        out.append(s[i:j] + (s[j:k] if replacement is None else replacement))
         if name in ("left", "right") and s.startswith(".", k):  # \right. is an invisible bracket
             k += 1
         i = k
@@ -303,7 +295,8 @@ def _resolve_text(s):
             out.append(",")
         elif content in ("degree", "degrees"):
             out.append("\u00b0")
-        elif depth == 0 and _is_unit_like(content):
+        elif depth == 0 and any(map(_is_letter, content)) and all(  # 'cm', 'm/s', not '(C)'
+                c.isalnum() or c in " /^.-" for c in content):
             end = _scripts_end(s, j + 1)  # \text{cm}^2, \text{s}^{-1}, \text{M}_{\odot}
             content, j = content + s[j + 1:end], end - 1
             out.append("\x00")  # a placeholder, decided below
@@ -332,11 +325,6 @@ def _scripts_end(s, i):
         else:
             i = min(i + 2 + s.startswith("-", i + 1), len(s))
     return i
-
-
-def _is_unit_like(text):
-    """Could the content of a \\text{...} be a unit or a word: 'cm', 'm/s', 'Evelyn', not '(C)'?"""
-    return any(_is_letter(c) for c in text) and all(c.isalnum() or c in " /^.-" for c in text)
 
 
 def _is_unit_word(w):
@@ -380,8 +368,7 @@ def _without_thousands(s):
     body = s.replace(" ", "")
     sign = "-" if body.startswith("-") else ""
     groups = body.lstrip("-").split(",")
-    last, _, decimals = groups[-1].partition(".")
-    groups[-1] = last
+    groups[-1], _, decimals = groups[-1].partition(".")
     if (len(groups) < 2 or not 1 <= len(groups[0]) <= 3 or any(len(g) != 3 for g in groups[1:])
             or not all(g.isdigit() for g in groups) or (decimals and not decimals.isdigit())):
         return None
@@ -389,11 +376,10 @@ def _without_thousands(s):
 
 
 @functools.lru_cache(maxsize=4096)
-def _normalise(answer):
-    """(canonical string, had a percent sign, had a degree sign) of a bare answer."""
+def _readings(answer):
+    """The canonical ways to read a bare answer: '50%' may mean 50 or 0.5, '90°' 90 or pi/2."""
     s = _rewrite_commands(_unicode_roots(answer).translate(_UNICODE)).replace("$", "")
-    s = _resolve_text(s)
-    s = _drop_words(" ".join(s.split()))
+    s = _drop_words(" ".join(_resolve_text(s).split()))
     for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
                      ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", "")):
         s = s.replace(old, new)
@@ -404,18 +390,8 @@ def _normalise(answer):
     s = s.replace("%", "").strip().rstrip(".,").strip()
     while s.startswith("{") and _closes_at_end(s):
         s = s[1:-1].strip()
-    return _without_thousands(s) or s, percent, degrees
-
-
-def _readings(answer):
-    """The canonical ways to read an answer: '50%' may mean 50 or 0.5, '90°' 90 or pi/2."""
-    s, percent, degrees = _normalise(answer)
-    out = [s]
-    if percent:
-        out.append("(" + s + ")/100")
-    if degrees:
-        out.append("(" + s + ")*\\pi/180")
-    return out
+    s = _without_thousands(s) or s
+    return (s,) + ("(" + s + ")/100",) * percent + ("(" + s + ")*\\pi/180",) * degrees
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,39 +399,8 @@ def _readings(answer):
 # ---------------------------------------------------------------------------------------------
 
 
-class Q:
-    """An exact rational n/d in lowest terms, d > 0, within MAX_BITS (else OverflowError)."""
-
-    __slots__ = ("n", "d")
-
-    def __init__(self, n, d=1):
-        if d == 0:
-            raise ZeroDivisionError("rational with zero denominator")
-        if d < 0:
-            n, d = -n, -d
-        g = math.gcd(n, d)
-        n, d = n // g, d // g
-        if n.bit_length() > MAX_BITS or d.bit_length() > MAX_BITS:
-            raise OverflowError("rational too large")
-        self.n, self.d = n, d
-
-    def __add__(self, other):
-        return Q(self.n * other.d + other.n * self.d, self.d * other.d)
-
-    def __mul__(self, other):
-        return Q(self.n * other.n, self.d * other.d)
-
-    def inverse(self):
-        return Q(self.d, self.n)
-
-    def __eq__(self, other):
-        return isinstance(other, Q) and self.n == other.n and self.d == other.d
-
-    def __hash__(self):
-        return hash((self.n, self.d))
-
-    def __complex__(self):
-        return complex(self.n / self.d)  # int / int is correctly rounded, or OverflowError
+class _Unparsed(Exception):
+    """Raised when an answer is not an expression the parser understands; it is then text."""
 
 
 _OPERATOR_COMMANDS = ("frac", "sqrt", "binom", "lfloor", "rfloor", "lceil", "rceil", "le", "ge",
@@ -483,19 +428,14 @@ def _name_suffix(s, i, name):
 
 def _number_end(s, i):
     """End of the number literal starting at s[i]: 12, 3.5, .25, 1., 4.5e33, 1e-3."""
-    j = i
-    while j < len(s) and s[j] in _DIGITS:
-        j += 1
-    if j < len(s) and s[j] == ".":
-        j += 1
-        while j < len(s) and s[j] in _DIGITS:
-            j += 1
-    if j < len(s) and s[j] in "eE":
-        k = j + 1 + (j + 1 < len(s) and s[j + 1] in "+-")
+    digits_end = lambda j: len(s) - len(s[j:].lstrip(_DIGITS))  # noqa: E731
+    j = digits_end(i)
+    if s.startswith(".", j):
+        j = digits_end(j + 1)
+    if s.startswith(("e", "E"), j):
+        k = j + 1 + s.startswith(("+", "-"), j + 1)
         if k < len(s) and s[k] in _DIGITS:
-            j = k
-            while j < len(s) and s[j] in _DIGITS:
-                j += 1
+            j = digits_end(k)
     return j
 
 
@@ -539,17 +479,11 @@ def _tokenize(s):
                 name, i = _name_suffix(s, i, "\\" + name)
                 toks.append(("name", name))
         elif _is_letter(c):
-            j = i
-            while j < min(n, i + 6) and _is_letter(s[j]):  # enough to spell any function
-                j += 1
-            run = s[i:j]
-            function = next((f for f in _FUNCTIONS if run.startswith(f)), None)
+            run = s[i:i + 6]  # enough to spell any function
+            function = next((f for f in _FUNCTIONS + ("pi",) if run.startswith(f)), None)
             if function:
-                toks.append(("func", function))
+                toks.append(("const" if function == "pi" else "func", function))
                 i += len(function)
-            elif run.startswith("pi"):
-                toks.append(("const", "pi"))
-                i += 2
             else:
                 name, i = _name_suffix(s, i + 1, c)
                 toks.append(("const", c) if name in ("e", "i") else ("name", name))
@@ -564,7 +498,7 @@ _CLOSERS = {"(": ")", "[": "]", "{": "}", "\\lfloor": "\\rfloor", "\\lceil": "\\
 
 class _Parser:
     """Recursive descent over tokens. Trees are tuples:
-    ("num", Q) ("var", name) ("const", "pi"|"e"|"i"|"infty") ("+", *terms) ("*", *factors)
+    ("num", Fraction) ("var", name) ("const", "pi"|"e"|"i"|"infty") ("+", *terms) ("*", *factors)
     ("neg", x) ("inv", x) ("^", base, exponent) ("fn", name, x) ("log", x, base)
     ("root", x, index) ("binom", n, k), with name in _FUNCTIONS, abs, floor, ceil, fact.
 
@@ -580,14 +514,19 @@ class _Parser:
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else ("end", "")
 
-    def take(self):
+    def take(self, op=None):
+        """The next token, which must be the operator `op` when one is given."""
         tok = self.peek()
         self.i += 1
+        if op and tok != ("op", op):
+            raise _Unparsed("expected " + op)
         return tok
 
-    def expect(self, op):
-        if self.take() != ("op", op):
-            raise _Unparsed("expected " + op)
+    def accept(self, op):
+        """Take the operator `op` if it comes next; say whether it did."""
+        found = self.peek() == ("op", op)
+        self.i += found
+        return found
 
     def nest(self, step):
         self.depth += step
@@ -597,9 +536,7 @@ class _Parser:
     def expr(self):
         terms = [self.term()]
         while self.peek() in (("op", "+"), ("op", "-")):
-            sign = self.take()[1]
-            term = self.term()
-            terms.append(term if sign == "+" else ("neg", term))
+            terms.append(("neg", self.term()) if self.take()[1] == "-" else self.term())
         return terms[0] if len(terms) == 1 else ("+",) + tuple(terms)
 
     def starts_factor(self, tok):
@@ -612,12 +549,9 @@ class _Parser:
         factors = [self.signed()]
         while True:
             tok = self.peek()
-            if tok == ("op", "*"):
-                self.take()
-                factors.append(self.signed())
-            elif tok == ("op", "/"):
-                self.take()
-                factors.append(("inv", self.signed()))
+            if self.accept("*") or self.accept("/"):
+                factor = self.signed()
+                factors.append(factor if tok[1] == "*" else ("inv", factor))
             elif self.starts_factor(tok):
                 factor = self.power()
                 mixed = _mixed_number(factors[0], factor) if len(factors) == 1 else None
@@ -639,11 +573,9 @@ class _Parser:
 
     def power(self):
         x = self.atom()
-        while self.peek() == ("op", "!"):
-            self.take()
+        while self.accept("!"):
             x = ("fn", "fact", x)
-        if self.peek() == ("op", "^"):
-            self.take()
+        if self.accept("^"):
             self.nest(1)
             x = ("^", x, self.signed())
             self.nest(-1)
@@ -654,7 +586,7 @@ class _Parser:
         kind, text = self.peek()
         if kind == "num" and len(text) > 1 and text[0] in _DIGITS:
             self.toks[self.i] = ("num", text[1:])
-            return ("num", Q(int(text[0])))
+            return ("num", Fraction(int(text[0])))
         return self.atom()
 
     def atom(self):
@@ -666,26 +598,24 @@ class _Parser:
             x = ("var" if kind == "name" else "const", text)
         elif kind == "func":
             x = self.function(text)
-        elif text in ("(", "[", "{", "\\lfloor", "\\lceil"):
+        elif text in _CLOSERS:
             inner = self.expr()
-            self.expect(_CLOSERS[text])
+            self.take(_CLOSERS[text])
             rounding = {"\\lfloor": "floor", "\\lceil": "ceil"}.get(text)
             x = ("fn", rounding, inner) if rounding else inner
         elif text == "|":
             self.open_bars += 1
             x = ("fn", "abs", self.expr())
-            self.expect("|")
+            self.take("|")
             self.open_bars -= 1
         elif text == "\\frac":
             x = ("*", self.arg(), ("inv", self.arg()))
         elif text == "\\binom":
             x = ("binom", self.arg(), self.arg())
         elif text == "\\sqrt":
-            index = None
-            if self.peek() == ("op", "["):
-                self.take()
-                index = self.expr()
-                self.expect("]")
+            index = self.expr() if self.accept("[") else None
+            if index is not None:
+                self.take("]")
             x = ("root", self.arg(), index)
         else:
             raise _Unparsed("unexpected " + text)
@@ -695,14 +625,9 @@ class _Parser:
     def function(self, name):
         """\\sin x, \\sin(2t), \\sin^2 x, \\sin^{-1} x, \\log_2 8, \\ln 2: a group or a run of
         simple factors is the argument."""
-        base = exponent = None
-        if name == "log" and self.peek() == ("op", "_"):
-            self.take()
-            base = self.arg()
-        if self.peek() == ("op", "^"):
-            self.take()
-            exponent = self.arg()
-        if exponent == ("neg", ("num", Q(1))) and name in ("sin", "cos", "tan"):
+        base = self.arg() if name == "log" and self.accept("_") else None
+        exponent = self.arg() if self.accept("^") else None
+        if exponent == ("neg", ("num", 1)) and name in ("sin", "cos", "tan"):
             name, exponent = "arc" + name, None
         if self.peek()[1] in ("(", "[", "{"):
             x = self.atom()
@@ -711,23 +636,20 @@ class _Parser:
             while self.peek()[0] in ("num", "name", "const"):
                 factors.append(self.power())
             x = factors[0] if len(factors) == 1 else ("*",) + tuple(factors)
-        if name == "sqrt":
-            x = ("root", x, None)
-        else:
-            x = ("log", x, base) if base is not None else ("fn", name, x)
+        x = ("root", x, None) if name == "sqrt" else ("log", x, base) if base else ("fn", name, x)
         return x if exponent is None else ("^", x, exponent)
 
 
 def _mixed_number(whole, frac):
     """The mixed number of 1 and \\frac{4}{5} (or -1 and it), or None if that is not their form."""
     sign, w = (-1, whole[1]) if whole[0] == "neg" else (1, whole)
-    if (w[0] != "num" or w[1].d != 1 or frac[0] != "*" or len(frac) != 3 or frac[1][0] != "num"
-            or frac[2][0] != "inv" or frac[2][1][0] != "num"):
+    if (w[0] != "num" or w[1].denominator != 1 or frac[0] != "*" or len(frac) != 3
+            or frac[1][0] != "num" or frac[2][0] != "inv" or frac[2][1][0] != "num"):
         return None
     p, q = frac[1][1], frac[2][1][1]
-    if not (p.d == q.d == 1 and 0 < p.n < q.n):
+    if not (p.denominator == q.denominator == 1 and 0 < p < q):
         return None
-    value = w[1] + p * q.inverse()
+    value = w[1] + p / q
     return ("num", value) if sign > 0 else ("neg", ("num", value))
 
 
@@ -738,13 +660,13 @@ def _number(text):
     whole, _, decimals = mantissa.partition(".")
     if len(whole) + len(decimals) + len(repeat) > MAX_DIGITS or len(exponent) > 6:
         raise _Unparsed("number too long")
-    value = Q(int(whole or "0") * 10 ** len(decimals) + int(decimals or "0"), 10 ** len(decimals))
-    if repeat:
-        value = value + Q(int(repeat), 10 ** len(decimals) * (10 ** len(repeat) - 1))
     e = int(exponent or "0")
-    if abs(e) > MAX_EXP10:
+    if abs(e) > MAX_EXP10:  # checked before 10 ** e is computed
         raise _Unparsed("exponent too large")
-    return value * Q(10 ** e) if e >= 0 else value * Q(1, 10 ** -e)
+    value = Fraction(int(whole + decimals or "0"), 10 ** len(decimals))
+    if repeat:
+        value += Fraction(int(repeat), 10 ** len(decimals) * (10 ** len(repeat) - 1))
+    return value * Fraction(10) ** e
 
 
 def _parse(s):
@@ -757,80 +679,57 @@ def _parse(s):
 
 
 _CONSTANTS = {"pi": complex(math.pi), "e": complex(math.e), "i": 1j, "infty": complex(math.inf)}
-_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "arcsin": cmath.asin,
-          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
-          "tanh": cmath.tanh, "exp": cmath.exp, "log": cmath.log, "ln": cmath.log,
+_CMATH = {"arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan, "ln": cmath.log,
           "cot": lambda z: 1 / cmath.tan(z), "sec": lambda z: 1 / cmath.cos(z),
           "csc": lambda z: 1 / cmath.sin(z)}
 
 
-def _add(a, b):
-    return a + b if type(a) is Q and type(b) is Q else complex(a) + complex(b)
-
-
-def _mul(a, b):
-    return a * b if type(a) is Q and type(b) is Q else complex(a) * complex(b)
-
-
-def _inverse(a):
-    return a.inverse() if type(a) is Q else 1 / a
-
-
 def _integer(a):
     """The int an exact integer value holds; ValueError for anything else."""
-    if type(a) is Q and a.d == 1:
-        return a.n
+    if type(a) is Fraction and a.denominator == 1:
+        return a.numerator
     raise ValueError("not an integer")
 
 
-def _exact_root(a, k):
-    """The exact k-th root of a rational (real, odd roots of negatives allowed), or None."""
-    too_big = max(a.n.bit_length(), a.d.bit_length()) > 1000  # x ** (1 / k) needs a float
-    if not 2 <= k <= 64 or too_big or (a.n < 0 and k % 2 == 0):
-        return None
-    roots = []
-    for x in (abs(a.n), a.d):
-        r = math.isqrt(x) if k == 2 else round(x ** (1 / k))
-        if r ** k != x:
-            return None
-        roots.append(r)
-    return Q(roots[0] if a.n >= 0 else -roots[0], roots[1])
-
-
 def _power(a, b):
-    """a^b, exact when a is rational and b an integer (or a root that comes out exact)."""
-    if type(a) is Q and type(b) is Q:
-        if b.d == 1 and max(a.n.bit_length(), a.d.bit_length(), 1) * abs(b.n) <= MAX_BITS:
-            return Q(a.n ** b.n, a.d ** b.n) if b.n >= 0 else Q(a.d ** -b.n, a.n ** -b.n)
-        root = _exact_root(a, b.d) if b.d > 1 else None
-        if root is not None:
-            return _power(root, Q(b.n))
+    """a^b, exact when a is rational and b an integer, or a root (real, odd roots of negatives
+    allowed) that comes out exact."""
+    if type(a) is Fraction and type(b) is Fraction:
+        (n, d), k = a.as_integer_ratio(), b.denominator
+        bits = max(n.bit_length(), d.bit_length(), 1)
+        if k == 1 and bits * abs(b.numerator) <= MAX_BITS:  # checked before computing it
+            return a ** b.numerator
+        if 2 <= k <= 64 and bits <= 1000 and (n >= 0 or k % 2):  # x ** (1 / k) needs a float
+            roots = [math.isqrt(x) if k == 2 else round(x ** (1 / k)) for x in (abs(n), d)]
+            if roots[0] ** k == abs(n) and roots[1] ** k == d:
+                root = Fraction(roots[0] if n >= 0 else -roots[0], roots[1])
+                return _power(root, Fraction(b.numerator))
     return complex(a) ** complex(b)  # may raise OverflowError or ZeroDivisionError
 
 
 def _apply(name, x):
     """A named function of one value; exact where the answer is rational."""
     if name == "abs":
-        return Q(abs(x.n), x.d) if type(x) is Q else complex(abs(x))
+        return abs(x) if type(x) is Fraction else complex(abs(x))
     if name in ("floor", "ceil"):
-        if type(x) is not Q:
+        if not type(x) is Fraction:
             if abs(x.imag) > 1e-12:
                 raise ValueError("floor of a complex number")
-            return Q(math.floor(x.real) if name == "floor" else math.ceil(x.real))
-        return Q(x.n // x.d if name == "floor" else -(-x.n // x.d))
+            x = x.real
+        return Fraction(math.floor(x) if name == "floor" else math.ceil(x))
     if name == "fact":
         n = _integer(x)
         if not 0 <= n <= MAX_FACTORIAL:
             raise ValueError("factorial out of range")
-        return Q(math.factorial(n))
-    if type(x) is Q and x.n == 0 and name in ("sin", "tan", "arcsin", "arctan", "sinh", "tanh"):
-        return Q(0)
-    return complex(_CMATH[name](complex(x)))
+        return Fraction(math.factorial(n))
+    if x == 0 and type(x) is Fraction and name in ("sin", "tan", "arcsin", "arctan", "sinh", "tanh"):
+        return Fraction(0)
+    return complex((getattr(cmath, name, None) or _CMATH[name])(complex(x)))
 
 
 def _eval(node, env):
-    """Value of a tree with variables bound by env: a Q when exact arithmetic suffices, else a
-    complex. Raises ArithmeticError or ValueError where the value is undefined."""
+    """Value of a tree with variables bound by env: a Fraction when exact arithmetic suffices,
+    else a complex. Raises ArithmeticError or ValueError where the value is undefined."""
     kind = node[0]
     if kind == "num":
         return node[1]
@@ -838,32 +737,30 @@ def _eval(node, env):
         return env[node[1]]
     if kind == "const":
         return _CONSTANTS[node[1]]
-    if kind == "+":
-        total = Q(0)
-        for term in node[1:]:
-            total = _add(total, _eval(term, env))
+    if kind in ("+", "*"):
+        total = Fraction(kind == "*")
+        for child in node[1:]:
+            value = _eval(child, env)
+            total = total + value if kind == "+" else total * value
+            if type(total) is Fraction and max(total.as_integer_ratio()).bit_length() > MAX_BITS:
+                raise OverflowError("rational too large")  # exact, but no longer cheap
         return total
-    if kind == "*":
-        product = Q(1)
-        for factor in node[1:]:
-            product = _mul(product, _eval(factor, env))
-        return product
     if kind == "neg":
-        return _mul(Q(-1), _eval(node[1], env))
+        return -1 * _eval(node[1], env)  # for a complex, as the product (-1+0j) * x
     if kind == "inv":
-        return _inverse(_eval(node[1], env))
+        return 1 / _eval(node[1], env)
     if kind == "^":
         return _power(_eval(node[1], env), _eval(node[2], env))
     if kind == "root":
-        index = Q(2) if node[2] is None else _eval(node[2], env)
-        return _power(_eval(node[1], env), _inverse(index))
+        index = Fraction(2) if node[2] is None else _eval(node[2], env)
+        return _power(_eval(node[1], env), 1 / index)
     if kind == "log":
         return cmath.log(complex(_eval(node[1], env))) / cmath.log(complex(_eval(node[2], env)))
     if kind == "binom":
         n, k = _integer(_eval(node[1], env)), _integer(_eval(node[2], env))
         if not 0 <= n <= MAX_FACTORIAL:
             raise ValueError("binomial out of range")
-        return Q(math.comb(n, k) if k >= 0 else 0)
+        return Fraction(math.comb(n, k) if k >= 0 else 0)
     return _apply(node[1], _eval(node[2], env))
 
 
@@ -871,28 +768,16 @@ def _variables(node):
     """Names of the variables in a tree."""
     if node[0] == "var":
         return {node[1]}
-    found = set()
-    for child in node[1:]:
-        if type(child) is tuple:
-            found |= _variables(child)
-    return found
+    return set().union(*(_variables(child) for child in node[1:] if type(child) is tuple))
 
 
-def _make_points():
-    """Fixed pseudo-random values for up to MAX_VARS variables: half small integers (where
-    factorials and binomials are defined), half fractions. All are positive, as the lengths,
-    masses and counts that answers are written in are: sqrt(r^2) counts as r."""
-    rng = random.Random(1234)
-    points = []
-    for k in range(N_POINTS):
-        if k < N_POINTS // 2:
-            points.append([Q(rng.randint(2, 12)) for _ in range(MAX_VARS)])
-        else:
-            points.append([Q(rng.randint(1, 30), rng.randint(2, 9)) for _ in range(MAX_VARS)])
-    return points
-
-
-_POINTS = _make_points()
+# Fixed pseudo-random values for up to MAX_VARS variables: half small integers (where factorials
+# and binomials are defined), half fractions. All are positive, as the lengths, masses and counts
+# that answers are written in are: sqrt(r^2) counts as r.
+_RNG = random.Random(1234)
+_POINTS = [[Fraction(_RNG.randint(2, 12)) if k < N_POINTS // 2
+            else Fraction(_RNG.randint(1, 30), _RNG.randint(2, 9)) for _ in range(MAX_VARS)]
+           for k in range(N_POINTS)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -908,9 +793,19 @@ def _values(tree, names):
     return tuple(out)
 
 
+def _value_pairs(a, b):
+    """The values (x, y) of two trees at each random point where both are defined, and how many
+    such points a verdict needs. No points when the trees have too many variables."""
+    names = tuple(sorted(_variables(a) | _variables(b)))
+    if len(names) > MAX_VARS:
+        return [], 1
+    pairs = zip(_values(a, names), _values(b, names))
+    return [(x, y) for x, y in pairs if x is not None and y is not None], 2 if names else 1
+
+
 def _close(x, y):
     """Equal values: exactly for two rationals, within REL_TOL for anything irrational."""
-    if type(x) is Q and type(y) is Q:
+    if type(x) is Fraction and type(y) is Fraction:
         return x == y
     try:
         x, y = complex(x), complex(y)
@@ -925,35 +820,23 @@ def _same_value(a, b):
     """Do two trees take the same value at every random point where both are defined?"""
     if a == b:
         return True
-    names = tuple(sorted(_variables(a) | _variables(b)))
-    if len(names) > MAX_VARS:
-        return False
-    pairs = [(x, y) for x, y in zip(_values(a, names), _values(b, names))
-             if x is not None and y is not None]
-    return len(pairs) >= (2 if names else 1) and all(_close(x, y) for x, y in pairs)
-
-
-def _is_zero(x):
-    return x.n == 0 if type(x) is Q else abs(x) < 1e-12
+    pairs, needed = _value_pairs(a, b)
+    return len(pairs) >= needed and all(_close(x, y) for x, y in pairs)
 
 
 def _proportional(a, b, positive):
     """Is a = c * b for one constant c != 0 at every point (c > 0 if `positive`)? Equations
     and inequalities are compared through their sides' differences this way."""
-    names = tuple(sorted(_variables(a) | _variables(b)))
-    if len(names) > MAX_VARS:
+    pairs, needed = _value_pairs(a, b)
+    zero = [(abs(x) < 1e-12, abs(y) < 1e-12) for x, y in pairs]  # exactly 0 for a Fraction
+    pairs = [pair for pair, z in zip(pairs, zero) if z != (True, True)]
+    if any(z in ((True, False), (False, True)) for z in zero):
         return False
-    ratios = []
-    for x, y in zip(_values(a, names), _values(b, names)):
-        if x is None or y is None or (_is_zero(x) and _is_zero(y)):
-            continue
-        if _is_zero(x) or _is_zero(y):
-            return False
-        ratios.append(_mul(x, _inverse(y)))
-    if len(ratios) < (2 if names else 1):
+    ratios = [x / y for x, y in pairs]
+    if len(ratios) < needed:
         return False
     c = ratios[0]
-    if positive and not (c.n > 0 if type(c) is Q else c.real > 0 and abs(c.imag) < 1e-12):
+    if positive and not (c > 0 if type(c) is Fraction else c.real > 0 and abs(c.imag) < 1e-12):
         return False
     return all(_close(r, c) for r in ratios)
 
@@ -1031,15 +914,14 @@ def _structure(s, depth=0):
     equations and inequalities (name is x in an assignment x = ...), ("expr", tree), ("text", s)."""
     if depth > 8:
         return _text(s)
-    parts, _ = _split_top(s, ("\\in",))
-    s = parts[-1]  # 'x \in [1, 2]' answers [1, 2]
+    s = _split_top(s, ("\\in",))[0][-1]  # 'x \in [1, 2]' answers [1, 2]
     items = _answers(s)
     if not items or len(items) > MAX_ITEMS:
         return _text(s)
     if len(items) > 1:
         return ("list", tuple(_structure(a, depth + 1) for a in items))
     s = items[0]
-    parts, _ = _split_top(s, ("\\cup",))
+    parts = _split_top(s, ("\\cup",))[0]
     if len(parts) > 1:
         return ("union", tuple(_structure(p, depth + 1) for p in parts))
     if s[:1] in ("(", "[") and _closes_at_end(s) and s[1:].lstrip().startswith("\\begin{"):
@@ -1049,7 +931,7 @@ def _structure(s, depth=0):
     if s.startswith("\\{") and s.endswith("\\}") and _closes_at_end(s[1:-1] + "}"):
         return ("set", tuple(_structure(a, depth + 1) for a in _answers(s[2:-2])))
     if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _closes_at_end(s):
-        inner, _ = _split_top(s[1:-1], (",",))
+        inner = _split_top(s[1:-1], (",",))[0]
         if len(inner) > 1:
             return ("seq", s[0], s[-1], tuple(_structure(a, depth + 1) for a in inner))
     if _is_words(s):
@@ -1078,8 +960,7 @@ def _is_name(s):
 
 def _matrix(s, depth):
     """('matrix', rows) of \\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any environment)."""
-    head = s.find("}")
-    body = s[head + 1:s.rfind("\\end{")]
+    body = s[s.find("}") + 1:s.rfind("\\end{")]
     if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
         body = body.lstrip()
         body = body[_match_brace(body, 0) + 1:]
@@ -1202,113 +1083,40 @@ def _choice(s):
     return ""
 
 
-def is_equivalent(pred: str, gold: str) -> bool:
-    """Are two bare answers the same answer? Never raises; False when unsure."""
-    try:
-        return _equivalent(pred, gold)
-    except Exception:
-        return False
-
-
-def _equivalent(pred, gold):
-    if not isinstance(pred, str) or not isinstance(gold, str):
-        return False
-    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
-        return pred.split() == gold.split()  # too long to parse safely
-    preds, golds = _readings(pred), _readings(gold)
-    if not preds[0] or not golds[0]:
-        return False
-    gold_letter = _choice(golds[0])
-    if gold_letter and golds[0].replace(" ", "") in (gold_letter, "(" + gold_letter + ")"):
-        return _choice(preds[0]) == gold_letter
-    return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds)
-
-
-def grade(response: str, gold: str, fallback: bool = False) -> bool:
-    """Is the final answer of `response` (a bare answer is its own response) equivalent to
-    `gold`? `fallback` also takes the last number of an unmarked response: off for training,
-    where an unmarked answer should earn nothing; eval may turn it on."""
-    answer = extract_answer(response, fallback)
-    return answer is not None and is_equivalent(answer, gold)
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
-                 "t": "\t"}
 
-
-def _json(s, i=0):
-    """(value, end) of the JSON value at s[i:]. The json module imports re, so the CLI reads its
-    files with this; numbers are kept as their text."""
-    while s[i] in " \t\r\n":
-        i += 1
-    if s[i] in "{[":
-        is_object, out, i = s[i] == "{", ({} if s[i] == "{" else []), i + 1
-        while True:
-            while s[i] in " \t\r\n,":
-                i += 1
-            if s[i] in "}]":
-                return out, i + 1
-            value, i = _json(s, i)
-            if is_object:
-                while s[i] in " \t\r\n:":
-                    i += 1
-                out[value], i = _json(s, i)
-            else:
-                out.append(value)
-    if s[i] == '"':
-        chunks, i = [], i + 1
-        while s[i] != '"':
-            j = min(k for k in (s.find('"', i), s.find("\\", i)) if k >= 0)
-            chunks.append(s[i:j])
-            if s[j] == "\\":
-                if s[j + 1] == "u":
-                    chunks.append(chr(int(s[j + 2:j + 6], 16)))
-                    j += 4
-                else:
-                    chunks.append(_JSON_ESCAPES[s[j + 1]])
-                j += 2
-            i = j
-        # \ud835\udc65 arrives as two halves of one character: join them
-        text = "".join(chunks).encode("utf-16", "surrogatepass").decode("utf-16")
-        return text, i + 1
-    j = i
-    while j < len(s) and s[j] not in ",}] \t\r\n":
-        j += 1
-    return {"true": True, "false": False, "null": None}.get(s[i:j], s[i:j]), j
-
-
-def _main(argv):
-    fallback = "--fallback" in argv
-    args = [a for a in argv if a != "--fallback"]
-    if len(args) == 2 and args[0] == "--file":
+def _main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("response", nargs="?", help="a model response, or a bare answer")
+    parser.add_argument("gold", nargs="?", help="the gold answer")
+    parser.add_argument("--file", help='a JSONL file of {"response": ..., "answer": ...} to regrade')
+    parser.add_argument("--fallback", action="store_true",
+                        help="also take the last number of an unmarked response")
+    args = parser.parse_args()
+    if args.file:
         correct = total = skipped = 0
-        with open(args[1], encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    row = _json(line)[0]
+        with open(args.file, encoding="utf-8") as f:
+            for line in filter(str.strip, f):
+                try:  # numbers stay text, as they were written: 0.50 is graded as "0.50"
+                    row = json.loads(line, parse_int=str, parse_float=str)
                     response, gold = row["response"], str(row["answer"])
-                except (IndexError, KeyError, TypeError, ValueError, RecursionError):
+                except (KeyError, TypeError, ValueError, RecursionError):
                     skipped += 1
                     continue
                 total += 1
-                correct += grade(response, gold, fallback)
+                correct += grade(response, gold, args.fallback)
         print(f"accuracy {correct}/{total} = {correct / max(total, 1):.4f}"
               + (f" ({skipped} unreadable lines skipped)" if skipped else ""))
-        return 0
-    if len(args) == 2:
-        answer = extract_answer(args[0], fallback)
+    elif args.gold is not None:
+        answer = extract_answer(args.response, args.fallback)
         print(f"answer: {answer}")
-        print(f"correct: {answer is not None and is_equivalent(answer, args[1])}")
-        return 0
-    print(__doc__.split("\n\n")[1])
-    return 2
+        print(f"correct: {answer is not None and is_equivalent(answer, args.gold)}")
+    else:
+        parser.error("give a response and a gold answer, or --file")
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    _main()

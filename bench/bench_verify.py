@@ -63,7 +63,7 @@ def run(checker, clear_caches):
     best = float("inf")
     for _ in range(PASSES):
         if clear_caches:
-            for cached in (verify._normalise, verify._structure, verify._values):
+            for cached in (verify._readings, verify._structure, verify._values):
                 cached.cache_clear()
         start = time.perf_counter()
         verdicts = [checker(response, gold) for _, response, gold, _ in CASES]

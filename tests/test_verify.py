@@ -1,5 +1,6 @@
 """verify.py: extraction, equivalence on a labelled table, limits, and the benchmark golds."""
 
+import ast
 import json
 import random
 import subprocess
@@ -16,20 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench", "gsm8k_test")
 
 
-def test_module_imports_neither_re_nor_sympy():
-    code = (
-        "import sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "before = {m for m in ('re', 'sympy', 'regex') if m in sys.modules}\n"
-        "import verify\n"
-        "verify.grade(r'so \\boxed{\\frac{x^2-1}{x-1}}', 'x+1')\n"
-        "verify.grade('(1, 2]', r'\\left(1, 2\\right]')\n"
-        "after = {m for m in ('re', 'sympy', 'regex') if m in sys.modules}\n"
-        "print(sorted(before), sorted(after))\n"
-    )
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[]", "[]"]  # nothing preloaded, nothing loaded by verify
+def test_verify_imports_neither_re_nor_regex_nor_sympy():
+    tree = ast.parse((ROOT / "verify.py").read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported  # the walk found the imports
+    assert not imported & {"re", "regex", "sympy"}
+
+
+def test_public_functions_come_first():
+    tree = ast.parse((ROOT / "verify.py").read_text(encoding="utf-8"))
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert functions[:3] == ["grade", "is_equivalent", "extract_answer"]
 
 
 # --- the labelled table ----------------------------------------------------------------------
@@ -229,8 +232,8 @@ def test_cli_regrades_a_jsonl_file_and_prints_the_accuracy(tmp_path):
     assert out.stdout.strip() == "accuracy 2/3 = 0.6667"
 
 
-def test_cli_json_reader_reads_back_what_json_writes():
-    row = {"response": "\\boxed{x}\n\t\"q\" / \u00e9 \U0001d465", "answer": ["a", {"b": None}],
-           "flags": [True, False], "empty": {}, "none": []}
-    for text in (json.dumps(row), json.dumps(row, ensure_ascii=False, indent=2)):
-        assert verify._json(text)[0] == row
+def test_cli_without_a_gold_answer_prints_usage_and_fails():
+    out = subprocess.run([sys.executable, str(ROOT / "verify.py"), "only a response"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "usage" in out.stderr
