@@ -8,14 +8,19 @@ and report Avg@n and Pass@k per benchmark and their macro average, as in the pap
   torchrun --nproc_per_node=8 eval.py --model runs/scope --samples 32   # ranks split the problems
 
 Defaults are the paper's: 32 samples per problem at temperature 0.6, top-p 0.95, top-k 20, and the
-prompt of training (scope.Config's suffix and chat template). Under torchrun, write --samples for
---n: torchrun's own argument parser takes --n for an abbreviation of its options and stops.
+prompt of training (its suffix and chat template; the template's turn-closing token ends a response).
+Responses are graded in evaluation mode (verify.grade with fallback=True). A response never runs past
+the model's context: --max-new-tokens is capped per batch of prompts, and the cap is said once.
+Under torchrun, write --samples for --n: torchrun's own argument parser takes --n for an
+abbreviation of its options and stops.
 The output directory holds
   samples.jsonl   one line per (problem, sample): response, extracted answer, verdict
   summary.json    per benchmark (and "average"): avg@n and pass@k, as fractions in [0, 1]
   settings.json   what generated the samples; a rerun must match it
   pass_at_k_<benchmark>.png   Pass@k versus k (when matplotlib is installed)
 Rerunning with the same output directory resumes: finished problems are read back, not generated.
+
+  python eval.py --plot-run runs/toy     # draw a training run's curves (curves.png) and exit
 """
 import argparse
 import json
@@ -30,8 +35,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import scope
-from sample import build_prompt, generate
+from transformers.hf_argparser import string_to_bool
+from transformers.utils import logging as hf_logging
+
+from sample import PROMPT_SUFFIX, build_prompt, generate, load_model, load_rows, resolve, setup_distributed, stop_ids
 from verify import extract_answer, grade
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -40,24 +47,24 @@ BENCHMARKS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc2
               "gsm8k": "gsm8k_test.jsonl"}
 PAPER_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
 # Settings that change what is sampled or how it is graded: a resumed run must use the same.
-GENERATION_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_suffix",
-                       "chat_template", "last_number_fallback", "dtype", "seed")
+GENERATION_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
+                       "prompt_suffix", "chat_template", "strict", "dtype", "seed")
 
 
 # -----------------------------------------------------------------------------
 # Arguments
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    train = scope.Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a local directory, a hub name, or a bare Qwen name")
+    p.add_argument("--model", help="a local directory, a hub name, or a bare Qwen name (required)")
+    p.add_argument("--plot-run", metavar="DIR", help="draw the curves of the training run in DIR and exit")
     p.add_argument("--benchmarks", default="",
                    help=f"comma list of {', '.join(BENCHMARKS)} (default: {PAPER_BENCHMARKS}; none with --data)")
     p.add_argument("--data", action="append", default=[],
                    help="evaluate a .jsonl/.json/.parquet file (repeatable; named by its file stem)")
     p.add_argument("--problem-field", default="problem", help="problem field of --data files")
     p.add_argument("--answer-field", default="answer", help="reference answer field of --data files")
-    p.add_argument("--skip-bad-rows", default=False, type=lambda v: scope.coerce("skip_bad_rows", v, bool),
+    p.add_argument("--skip-bad-rows", default=False, type=string_to_bool,
                    metavar="true|false", help="skip rows of --data files with a missing or empty field")
     p.add_argument("--n", "--samples", dest="n", type=int, default=32,
                    help="samples per problem (paper: 32); under torchrun spell it --samples, as torchrun's own "
@@ -68,22 +75,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature, 0 = greedy (paper: 0.6)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (paper: 0.95)")
     p.add_argument("--top-k", type=int, default=20, help="top-k sampling, 0 = off (paper: 20)")
-    p.add_argument("--max-new-tokens", type=int, default=32768, help="longest response (paper: 32768)")
+    p.add_argument("--max-new-tokens", type=int, default=32768,
+                   help="longest response (paper: 32768); capped so that prompt + response fit the model's context")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="HF repetition penalty, 1 = off (paper: 1.08 for Qwen3-1.7B-Base)")
     p.add_argument("--limit", type=int, default=0, help="only the first N problems of each benchmark (0 = all)")
-    p.add_argument("--prompt-suffix", default=train.prompt_suffix, help="instruction after each problem (as training)")
-    p.add_argument("--chat-template", default=train.chat_template, metavar="true|false",
-                   type=lambda v: scope.coerce("chat_template", v, bool),
+    p.add_argument("--prompt-suffix", default=PROMPT_SUFFIX, help="instruction after each problem (as training)")
+    p.add_argument("--chat-template", default=True, metavar="true|false", type=string_to_bool,
                    help="wrap the prompt in the tokenizer's chat template when it has one (as training)")
-    p.add_argument("--last-number-fallback", action="store_true",
-                   help="grade the last number of a response that marks no answer (off, as in training)")
-    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
+    p.add_argument("--strict", action="store_true",
+                   help="grade as training does (only a marked answer counts) instead of evaluation mode")
+    p.add_argument("--batch-size", type=int, default=8, help="problems sampled together (and saved together)")
     p.add_argument("--max-batch-rows", type=int, default=256,
-                   help="at most this many sequences per generate call: n is split into chunks beyond it")
+                   help="at most this many sequences per generate call: a batch's rows are split beyond it")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="GPU dtype (CPU: float32)")
     p.add_argument("--seed", type=int, default=0, help="seeds each batch's sampling")
     p.add_argument("--output-dir", default="", help="default: runs/eval/<model name>")
     args = p.parse_args(argv)
-
+    if args.plot_run:
+        return args
+    if not args.model:
+        p.error("--model is required (or --plot-run DIR)")
     if not args.benchmarks:
         args.benchmarks = "" if args.data else PAPER_BENCHMARKS
     args.benchmarks = [name for name in args.benchmarks.split(",") if name]
@@ -93,8 +105,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("n", "max_new_tokens", "batch_size", "max_batch_rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.limit < 0:
-        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0 and --limit >= 0")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.limit < 0 \
+            or args.repetition_penalty <= 0:
+        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --limit >= 0, --repetition-penalty > 0")
     try:
         args.k = [int(k) for k in args.k.split(",")] if args.k else [args.n]
     except ValueError:
@@ -102,7 +115,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for k in args.k:
         if not 1 <= k <= args.n:
             p.error(f"--k {k}: Pass@k needs 1 <= k <= n, and n is {args.n} (raise --n)")
-    args.output_dir = Path(args.output_dir or Path("runs/eval") / Path(scope.resolve(args.model)).name)
+    args.output_dir = Path(args.output_dir or Path("runs/eval") / Path(resolve(args.model)).name)
     return args
 
 
@@ -118,46 +131,24 @@ def load_benchmarks(args) -> dict[str, list[dict]]:
             sys.exit(f"eval.py: error: --data {path}: the name {name!r} is already taken; rename the file")
         sources[name] = (path, args.problem_field, args.answer_field)
     # "test" is the split read when a --data source is a hub dataset name rather than a file.
-    return {name: scope.load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
+    return {name: load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
             for name, (path, problem, answer) in sources.items()}
 
 
 # -----------------------------------------------------------------------------
 # Generation and grading
 
-def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, n: int, temperature: float,
-                     top_p: float = 1.0, top_k: int = 0, max_new_tokens: int, batch_size: int = 32,
-                     max_batch_rows: int = 256, fallback: bool = False, synced: bool = False) -> list[list[dict]]:
-    """For each prompt, n samples as {response, extracted, correct, truncated}.
-
-    Prompts go `batch_size` at a time; each generate call samples `per_call` answers per prompt,
-    so that one call holds at most max(batch_size, max_batch_rows) sequences.
-    """
-    per_call = min(n, max(1, max_batch_rows // batch_size))
-    results = []
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i:i + batch_size]
-        texts, truncated = [[] for _ in batch], [[] for _ in batch]
-        for start in range(0, n, per_call):
-            g = min(per_call, n - start)
-            ro = generate(model, tokenizer, batch, g, temperature=temperature, top_p=top_p, top_k=top_k,
-                          max_new_tokens=max_new_tokens, synced=synced)
-            for j in range(len(batch)):                              # rows j*g .. j*g+g-1 answer prompt j
-                texts[j] += ro.texts[j * g:(j + 1) * g]
-                truncated[j] += ro.truncated[j * g:(j + 1) * g].tolist()
-        for ts, cut, gold in zip(texts, truncated, golds[i:i + batch_size]):
-            results.append([{"response": t, "extracted": extract_answer(t, fallback),
-                             "correct": grade(t, gold, fallback), "truncated": c} for t, c in zip(ts, cut)])
-    return results
-
-
-@torch.no_grad()
-def quick_accuracy(model, tokenizer, rows: list[dict], prompts_of, *, n: int, temperature: float,
-                   max_new_tokens: int, synced: bool = False) -> tuple[int, int]:
-    """(correct samples, samples) on `rows`, for the eval scope.py runs during training."""
-    results = sample_and_grade(model, tokenizer, prompts_of(rows), [r["answer"] for r in rows], n=n,
-                               temperature=temperature, max_new_tokens=max_new_tokens, synced=synced)
-    return sum(s["correct"] for samples in results for s in samples), len(rows) * n
+def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, n: int, stop: list[int],
+                     temperature: float, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+                     max_new_tokens: int, max_rows: int = 0, fallback: bool = True,
+                     synced: bool = False) -> list[list[dict]]:
+    """For each prompt, n samples as {response, extracted, correct, truncated}; at most max_rows per generate call."""
+    ro = generate(model, tokenizer, prompts, n, stop=stop, temperature=temperature, top_p=top_p, top_k=top_k,
+                  repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, max_rows=max_rows,
+                  synced=synced)
+    return [[{"response": t, "extracted": extract_answer(t, fallback), "correct": grade(t, gold, fallback),
+              "truncated": c} for t, c in zip(ro.texts[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
+            for i, gold in enumerate(golds)]                          # rows i*n .. i*n+n-1 answer prompt i
 
 
 def batch_seed(seed: int, benchmark: str, first: int) -> int:
@@ -221,8 +212,11 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
     sampled alone: valid samples, though not the very ones an uninterrupted run would have drawn.)
     """
     dtype = torch.bfloat16 if device.type == "cuda" and args.dtype == "bfloat16" else torch.float32
-    model, tokenizer = scope.load_model(args.model, dtype, device)
+    model, tokenizer = load_model(args.model, dtype, device)
     model.eval()
+    stop = stop_ids(model, tokenizer, args.chat_template)
+    context = model.config.get_text_config().max_position_embeddings
+    said = False
     done = read_samples(args.output_dir)
     unfinished = {name: {i for i in range(rank, len(rows), world) if len(done.get((name, i), ())) < args.n}
                   for name, rows in benchmarks.items()}
@@ -241,10 +235,17 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
                 torch.manual_seed(batch_seed(args.seed, name, batch[0]))
                 prompts = [build_prompt(tokenizer, rows[i]["problem"], args.prompt_suffix, args.chat_template)
                            for i in todo]
+                longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False).input_ids)
+                max_new = max(1, min(args.max_new_tokens, context - longest))  # prompt + response within context
+                if max_new < args.max_new_tokens and not said and rank == 0:
+                    tqdm.write(f"--max-new-tokens {args.max_new_tokens} is capped where prompt + response would "
+                               f"pass the model's context of {context} tokens (first: {max_new} for {name})")
+                    said = True
                 results = sample_and_grade(model, tokenizer, prompts, [rows[i]["answer"] for i in todo], n=args.n,
-                                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                           max_batch_rows=args.max_batch_rows, fallback=args.last_number_fallback)
+                                           stop=stop, temperature=args.temperature, top_p=args.top_p,
+                                           top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                                           max_new_tokens=max_new, max_rows=args.max_batch_rows,
+                                           fallback=not args.strict)
                 lines = [{"benchmark": name, "index": i, "sample": j, "answer": rows[i]["answer"], **s}
                          for i, samples in zip(todo, results) for j, s in enumerate(samples)]
                 f.write("".join(json.dumps(line) + "\n" for line in lines))
@@ -339,14 +340,22 @@ def table(summary: dict, estimator: str) -> str:
     return "\n".join(lines + [f"(percent; pass@k estimator: {estimator}; average = macro mean over benchmarks)"])
 
 
-def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str, out_dir: Path):
-    """pass_at_k_<benchmark>.png: Pass@k for every k from 1 to n, beside the summary."""
+def pyplot():
+    """matplotlib's pyplot drawing to files, or None (with a note) when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("no Pass@k plots: pip install matplotlib to get them")
+        print("no plots: pip install matplotlib to get them")
+        return None
+    return plt
+
+
+def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str, out_dir: Path):
+    """pass_at_k_<benchmark>.png: Pass@k for every k from 1 to n, beside the summary."""
+    plt = pyplot()
+    if plt is None:
         return
     estimate = pass_at_k if estimator == "unbiased" else pass_at_k_bootstrap
     ks = list(range(1, n + 1))
@@ -360,14 +369,63 @@ def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str
         plt.close(fig)
 
 
+# The panels of a training run's picture: (title, [(metrics.jsonl key, label)]).
+CURVES = [("loss of each path", [("loss_mle", "MLE (correct)"), ("loss_opd", "reverse KL (wrong)")]),
+          ("rollouts graded correct", [("frac_correct", "fraction correct")]),
+          ("reverse KL to the teacher, per token", [("kl", "kl")]),
+          ("weight entropy (1 = uniform)", [("w_mle_entropy", "student weights"), ("w_opd_entropy", "teacher weights")])]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole lines of a jsonl log; a line torn by an interrupted write is skipped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """curves.png in a training run's directory: each path's loss, fraction correct, KL, weight entropy,
+    held-out accuracy; from metrics.jsonl and eval.jsonl. Returns its path, or None when nothing was drawn."""
+    metrics, evals = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
+    plt = pyplot() if metrics or evals else None
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(CURVES) + 1, figsize=(4 * (len(CURVES) + 1), 3.2))
+    for ax, (title, keys) in zip(axes, CURVES):
+        for key, label in keys:
+            points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), label=label)
+        ax.set(title=title, xlabel="step")
+        if len(keys) > 1 and ax.lines:
+            ax.legend(fontsize=8)
+    if evals:
+        axes[-1].plot([e["step"] for e in evals], [100 * e["eval_accuracy"] for e in evals], marker="o")
+    axes[-1].set(title="held-out accuracy (%)", xlabel="step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str]) -> dict | None:
     """Evaluate, resuming what the output directory holds; returns the summary on rank 0."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     args = parse_args(argv)
+    if args.plot_run:
+        path = plot_run(Path(args.plot_run))
+        print(f"curves in {path}" if path else f"eval.py: no curves drawn for {args.plot_run}")
+        return None
     # gloo serves only the final barrier; a long timeout, as ranks finish their shares at different times
-    rank, world, device = scope.setup_distributed("gloo", timedelta(hours=12))
+    rank, world, device = setup_distributed("gloo", timedelta(hours=12))
     benchmarks = load_benchmarks(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(args, rank)

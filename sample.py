@@ -1,51 +1,173 @@
 """
-Rollouts and log-probs: the two things SCOPE asks of a model.
+Everything that touches a model: loading, prompts, rollouts, log-probs, and the process group.
 
-- `build_prompt` turns a math problem into the text the model sees.
-- `generate` samples G responses for each of B prompts in one batched HF `generate` call and
-  returns them with a response mask that ends at the first end-of-sequence token.
+- `load_model`, `load_rows`: models and problems from a local path or the hub; a user's mistake
+  stops with a message naming the file, row or field.
+- `build_prompt` turns a math problem into the text the model sees; `stop_ids` lists the ids that
+  end a response (the model's EOS, and the token that closes a turn of its chat template).
+- `generate` samples G responses for each of B prompts with HF `generate`, in calls whose KV cache
+  fits a budget, and returns them with a response mask that ends at the first stop token.
 - `token_logprobs` scores given tokens under any model (student with gradients, teacher without),
-  over the shared tokenizer's ids only, in chunks of tokens so that the (tokens x vocab) logits
-  never exist in full.
+  over the shared tokenizer's ids only, in chunks so that (tokens x vocab) logits never exist in full.
+- `setup_distributed`, `shard`, `gathered`: FSDP2 under torchrun; without torchrun none of it runs.
 
-Everything here works on plain tensors and HF models; nothing knows about the loss.
+Nothing here knows about the loss.
 """
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+PROMPT_SUFFIX = "Put your final answer within \\boxed{}."  # the paper's instruction after every problem
+
+
+def fail(message: str):
+    """Stop with a message for the user (no traceback: it is their input, not our bug)."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# Models and data
+
+def resolve(name: str) -> str:
+    """A local directory as it is; a bare name (no '/') as a Qwen hub model; a hub name as it is."""
+    if Path(name).is_dir() or "/" in name:
+        return name
+    return f"Qwen/{name}"
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device):
+    """(model, tokenizer) from a local directory or the hub; the tokenizer always has a pad id."""
+    path = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        where = "is not a local directory and could not be loaded from the Hugging Face Hub"
+        fail(f"model {name!r} (as {path!r}) {where}: {e}\n"
+             f"Pass a local directory holding config.json, the weights and the tokenizer, e.g. --student /models/qwen")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str):
+    """Teacher scores must be over the student's token ids: refuse two different tokenizers."""
+    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s != t:
+        only_s, only_t = sorted(set(s) - set(t))[:3], sorted(set(t) - set(s))[:3]
+        fail(f"student {student!r} ({len(s)} tokens) and teacher {teacher!r} ({len(t)} tokens) have different "
+             f"tokenizers (e.g. only the student has {only_s}, only the teacher {only_t}, or ids differ); "
+             f"SCOPE needs one shared tokenizer")
+
+
+def load_rows(source: str, split: str, problem_field: str, answer_field: str, skip_bad: bool) -> list[dict]:
+    """Problems and answers from a local .jsonl/.json/.parquet file or a hub dataset, checked row by row."""
+    import datasets
+
+    path = Path(source)
+    kinds = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+    try:
+        if path.is_file():
+            if path.suffix not in kinds:
+                fail(f"{source}: expected a .jsonl, .json or .parquet file")
+            data = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+        elif path.suffix in kinds:
+            fail(f"{source}: no such file")
+        else:
+            data = datasets.load_dataset(source, split=split)
+    except SystemExit:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable files and unknown hub names
+        fail(f"could not read {source!r}: {type(e).__name__}: {e}")
+    rows, skipped = [], 0
+    for i, row in enumerate(data):
+        problem, answer = row.get(problem_field), row.get(answer_field)
+        bad = next((f"field {name!r} is {'missing' if v is None else repr(v)}; expected a non-empty string"
+                    for name, v in ((problem_field, problem), (answer_field, answer))
+                    if not isinstance(v, str) or not v.strip()), None)
+        if bad and not skip_bad:
+            fail(f"{source}, row {i}: {bad} (set --skip-bad-rows true to skip such rows)")
+        if bad:
+            skipped += 1
+            continue
+        rows.append({"problem": problem, "answer": answer})
+    if skipped:
+        print(f"{source}: skipped {skipped} bad rows of {len(data)}")
+    if not rows:
+        fail(f"{source}: no usable rows")
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Prompts and the tokens that end a response
 
 def build_prompt(tokenizer, problem: str, suffix: str, chat_template: bool) -> str:
-    """The problem plus the instruction, wrapped in the chat template when the tokenizer has one."""
+    """The problem plus the instruction, wrapped in the chat template when asked and the tokenizer has one.
+
+    The text carries every special token the model expects at its start (a template writes its own
+    BOS; for raw text the tokenizer's BOS is written out), so it is always encoded with
+    add_special_tokens=False: a template that writes BOS never gets a second one.
+    """
     text = f"{problem}\n{suffix}" if suffix else problem
     if chat_template and tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    return text
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+    return (tokenizer.bos_token if adds_bos else "") + text
 
 
-def eos_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a response: the model's declared EOS ids and the tokenizer's."""
+def turn_end_id(tokenizer) -> int | None:
+    """The special token that closes an assistant turn in the chat template, found by rendering one.
+
+    Base models often declare only <|endoftext|> as EOS while their template closes turns with
+    <|im_end|>: without this, a rollout runs on into a new turn the model invents.
+    """
+    marker = "ANSWER-ENDS-HERE"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # a template may refuse this conversation; then it declares no turn end
+        return None
+    ids = tokenizer(text[text.rfind(marker) + len(marker):], add_special_tokens=False).input_ids
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    for i, t in enumerate(ids):  # the first special token, with at most white space before it
+        if t in special:
+            return t if not tokenizer.decode(ids[:i]).strip() else None
+    return None
+
+
+def stop_ids(model, tokenizer, chat_template: bool) -> list[int]:
+    """Every id that ends a response: the model's declared EOS ids, the tokenizer's, and the turn end
+    of the chat template when prompts go through it."""
     declared = model.generation_config.eos_token_id
-    ids = declared if isinstance(declared, list) else [declared]
-    ids = [i for i in ids if i is not None] + [tokenizer.eos_token_id]
+    ids = (declared if isinstance(declared, list) else [declared]) + [tokenizer.eos_token_id]
+    if chat_template and tokenizer.chat_template:
+        ids.append(turn_end_id(tokenizer))
     return sorted({i for i in ids if i is not None})
 
 
-def response_mask(response: torch.Tensor, eos: list[int]) -> torch.Tensor:
-    """(N, R) sampled ids -> (N, R) bool: tokens up to and including the first EOS, nothing after.
+def response_mask(response: torch.Tensor, stop: list[int]) -> torch.Tensor:
+    """(N, R) sampled ids -> (N, R) bool: tokens up to and including the first stop id, nothing after.
 
-    Built from EOS positions, never from `token != pad`: Qwen base models use one id for both,
+    Built from stop positions, never from `token != pad`: Qwen base models use one id for both,
     so a pad test would drop the EOS the model must learn to emit.
     """
-    is_eos = torch.isin(response, torch.tensor(eos, device=response.device))
-    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # how many EOS strictly before each token
-    return eos_before == 0
+    is_stop = torch.isin(response, torch.tensor(stop, device=response.device))
+    stops_before = is_stop.long().cumsum(-1) - is_stop.long()  # how many stop ids strictly before each token
+    return stops_before == 0
 
+
+# -----------------------------------------------------------------------------
+# Rollouts
 
 def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int:
     """KV cache one token holds in every layer: 2 (K and V) x layers x KV heads x head dim x bytes."""
@@ -64,58 +186,80 @@ def rows_per_call(kv_budget_gb: float, kv_per_token: int, tokens_per_row: int) -
 class Rollouts:
     """B prompts x G samples, flattened so that rows g*G .. g*G+G-1 are prompt g's group."""
     tokens: torch.Tensor     # (N, L) prompt (left-padded) followed by response
-    attn: torch.Tensor       # (N, L) bool: real prompt tokens and response tokens up to the first EOS
+    attn: torch.Tensor       # (N, L) bool: real prompt tokens and response tokens up to the first stop
     resp: torch.Tensor       # (N, L) bool: response tokens only (the ones that are scored)
-    texts: list[str]         # N decoded responses
-    truncated: torch.Tensor  # (N,) bool: no EOS within max_new_tokens
+    texts: list[str]         # N decoded responses, up to the first stop
+    truncated: torch.Tensor  # (N,) bool: no stop within max_new_tokens
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], group_size: int, *, temperature: float,
-             top_p: float, top_k: int, max_new_tokens: int, synced: bool = False) -> Rollouts:
-    """Sample `group_size` responses per prompt with one batched `generate` call.
+def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: list[int], temperature: float,
+             top_p: float, top_k: int, max_new_tokens: int, repetition_penalty: float = 1.0, max_rows: int = 0,
+             synced: bool = False) -> Rollouts:
+    """Sample `group_size` responses per prompt with HF `generate`, at most `max_rows` rows per call.
 
     Call it with the model in eval mode: HF applies gradient checkpointing only in train mode,
     so generation then runs with the KV cache and without recomputation. `synced` keeps every
-    rank stepping until all ranks are done (needed under FSDP, where each forward is a collective).
+    rank stepping until all ranks are done (under FSDP each forward is a collective); the number
+    of calls is a function of len(prompts) and max_rows alone, so ranks with equal shares agree.
     """
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
-    prompt_ids = enc.input_ids.repeat_interleave(group_size, 0)      # (N, P)
-    prompt_attn = enc.attention_mask.repeat_interleave(group_size, 0)
-    eos = eos_ids(model, tokenizer)
-    vocab = len(tokenizer)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False).to(device)
+    prompt_ids = enc.input_ids.repeat_interleave(group_size, 0)              # (N, P)
+    prompt_attn = enc.attention_mask.repeat_interleave(group_size, 0).bool()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     # Every sampling field is set here, so a checkpoint's own generation_config (repetition
     # penalty, top_k, ...) cannot leak into the rollouts; rows past the tokenizer are never sampled.
     config = GenerationConfig(
         do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
         top_p=top_p, top_k=top_k, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, max_new_tokens=max_new_tokens,
-        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
-        suppress_tokens=list(range(vocab, model.config.get_text_config().vocab_size)) or None,
-        use_cache=True,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=0, num_beams=1, max_new_tokens=max_new_tokens,
+        eos_token_id=stop, pad_token_id=pad, use_cache=True,
+        suppress_tokens=list(range(len(tokenizer), model.config.get_text_config().vocab_size)) or None,
     )
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attn, generation_config=config,
-                         synced_gpus=synced)
-
-    response = out[:, prompt_ids.shape[1]:]                          # (N, R)
-    mask = response_mask(response, eos)
-    truncated = ~torch.isin(response, torch.tensor(eos, device=device)).any(-1)
+    n, P = prompt_ids.shape
+    pieces = []
+    for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
+        rows = slice(start, start + (max_rows or n))
+        first = int(prompt_attn[rows].any(0).nonzero().min())  # skip columns that are padding in every row here
+        out = model.generate(input_ids=prompt_ids[rows, first:], attention_mask=prompt_attn[rows, first:].long(),
+                             generation_config=config, synced_gpus=synced)
+        pieces.append(out[:, P - first:])
+    width = max(p.shape[1] for p in pieces)
+    response = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])   # (N, R)
+    mask = response_mask(response, stop)
+    truncated = ~torch.isin(response, torch.tensor(stop, device=device)).any(-1)
     texts = tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True)
-    return Rollouts(
-        tokens=out,
-        attn=torch.cat([prompt_attn.bool(), mask], 1),
-        resp=torch.cat([torch.zeros_like(prompt_attn, dtype=torch.bool), mask], 1),
-        texts=texts,
-        truncated=truncated,
-    )
+    return Rollouts(tokens=torch.cat([prompt_ids, response], 1), attn=torch.cat([prompt_attn, mask], 1),
+                    resp=torch.cat([torch.zeros_like(prompt_attn), mask], 1), texts=texts, truncated=truncated)
 
+
+# -----------------------------------------------------------------------------
+# Log-probs
 
 def _chunk_logprobs(hidden, weight, targets, temperature, vocab):
     """(n, H) hidden states, (V, H) head, (n,) targets -> (n,) fp32 log-probs over the first `vocab` ids."""
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits, even under bf16 autocast
         logits = hidden.float() @ weight.T / temperature        # (n, V): the full head keeps the GEMM aligned
     return logits[:, :vocab].log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def last_hidden_state(model, tokens: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """(N, L, H) output of the decoder body (after its final norm); no layer's output but the last is kept.
+
+    The model is called whole, not its body alone, so that FSDP2's hooks on the root still run;
+    a hook on the body catches its output, and logits_to_keep=1 keeps the head to one position.
+    """
+    position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only, as `generate` numbered them
+    caught = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, out: caught.append(out.last_hidden_state))
+    try:
+        model(input_ids=tokens, attention_mask=attn.long(), position_ids=position_ids, logits_to_keep=1,
+              use_cache=False)
+    finally:
+        hook.remove()
+    return caught[0]
 
 
 def token_logprobs(model, tokens: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, *,
@@ -129,12 +273,7 @@ def token_logprobs(model, tokens: torch.Tensor, attn: torch.Tensor, resp: torch.
     recomputed in backward: peak memory is one (chunk_tokens x vocab) block, not (N x L x vocab).
     Runs with or without grad; call it under `torch.no_grad()` for the teacher.
     """
-    # Positions count real tokens only, exactly as `generate` numbered them under left padding.
-    position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
-    # logits_to_keep=1: the full (N, L, V) logits are never formed; the last hidden state comes back.
-    out = model(input_ids=tokens, attention_mask=attn.long(), position_ids=position_ids,
-                logits_to_keep=1, output_hidden_states=True, use_cache=False)
-    hidden = out.hidden_states[-1]                                   # (N, L, H), after the final norm
+    hidden = last_hidden_state(model, tokens, attn)                  # (N, L, H)
     scored = resp[:, 1:]                                             # token t is predicted at t-1
     h = hidden[:, :-1][scored]                                       # (n, H) packed response positions
     targets = tokens[:, 1:][scored]                                  # (n,)
@@ -159,3 +298,71 @@ def naive_token_logprobs(model, tokens, attn, resp, *, vocab: int, temperature: 
                    use_cache=False).logits[..., :vocab].float() / temperature
     lp = logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
     return F.pad(lp * resp[:, 1:], (1, 0))
+
+
+# -----------------------------------------------------------------------------
+# Distributed (torchrun): FSDP2
+
+def setup_distributed(backend: str | None = None, timeout=None):
+    """(rank, world, device): a process group only under torchrun (nccl and gloo on GPU, gloo on CPU by default)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        # on GPU, gloo beside nccl: the few small numbers the trainer reduces live on the CPU
+        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
+        return dist.get_rank(), world, device
+    return 0, 1, device
+
+
+def shard(model, compute: torch.dtype):
+    """FSDP2: each decoder layer, then the root (embeddings, final norm, head); compute in `compute`."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy()
+    if compute == torch.bfloat16:
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+@contextmanager
+def gathered(model):
+    """Unshard an FSDP2 model once for all its generate calls instead of once per decoded token."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in units:
+            m.set_reshard_after_forward(m is not model, recurse=False)  # the root stays unsharded, as FSDP2 sets it
+            m.reshard()
+
+
+def all_sum(x: float, world: int) -> float:
+    if world == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_max(x: float, world: int) -> float:
+    if world == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def barrier(world: int):
+    if world > 1:
+        dist.barrier()

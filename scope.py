@@ -16,11 +16,12 @@ tokens in one forward pass.
 
 Run:
   python scope.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B          # one GPU
-  python scope.py --config configs/toy.yaml                            # offline CPU demo, minutes
+  python toy.py && python scope.py --config configs/toy.yaml           # offline CPU demo, minutes
+  python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --plan   # memory per GPU, no weights loaded
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
 """
-import ast
-import inspect
+import argparse
+import importlib
 import json
 import math
 import os
@@ -28,16 +29,26 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+import datasets
 import torch
 import torch.distributed as dist
+import yaml
 from tqdm import tqdm
+from transformers import AutoConfig, HfArgumentParser
+from transformers.utils import logging as hf_logging
 
-from sample import build_prompt, generate, token_logprobs
+import plan
+from eval import plot_run, read_jsonl, sample_and_grade
+from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, build_prompt, check_same_tokenizer, fail, gathered,
+                    generate, kv_bytes_per_token, load_model, load_rows, resolve, rows_per_call, setup_distributed,
+                    shard, stop_ids, token_logprobs)
 from verify import grade
 
 
@@ -69,6 +80,8 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
                   or its number of prompts (sum); over all micro-batches and ranks
     Returns the loss and a dict of detached numbers worth logging.
     """
+    if correct.dtype != torch.bool:  # `~` on integers would route every rollout wrong
+        raise TypeError(f"scope_loss: correct must be a bool tensor, got {correct.dtype}")
     mask = mask.float()
     old = logp.detach()                                  # pi_old: the policy that sampled
     rho = torch.exp(logp - old)                          # Eq. 1: value 1, gradient = grad log pi_theta
@@ -92,370 +105,142 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
 
 
 # -----------------------------------------------------------------------------
-# Configuration: one dataclass, each field documented where declared (the --help text)
+# Configuration: one dataclass; each field's help is its documentation (`--help`)
+
+def arg(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+Weighting = Literal["ppl", "uniform", "reversed"]
+
 
 @dataclass
 class Config:
     # --- models and data
-    student: str = "Qwen2.5-0.5B"
-    """student model: a local directory, a hub name, or a bare name that resolves to Qwen/<name>"""
-    teacher: str = "Qwen2.5-7B"
-    """teacher model (same forms); must share the student's tokenizer"""
-    train_data: str = "data/math_train.jsonl"
-    """training problems: a local .jsonl/.json/.parquet file or a hub dataset name"""
-    data_split: str = "train"
-    """split to read when train_data is a hub dataset"""
-    problem_field: str = "problem"
-    """field holding the problem statement"""
-    answer_field: str = "answer"
-    """field holding the reference final answer (a string)"""
-    skip_bad_rows: bool = False
-    """skip (and count) rows with a missing, empty or non-string problem or answer instead of stopping"""
-    prompt_suffix: str = "Put your final answer within \\boxed{}."
-    """instruction appended to every problem (paper: this sentence)"""
-    chat_template: bool = True
-    """wrap the prompt in the tokenizer's chat template when it has one (raw text otherwise)"""
-    toy_dir: str = ""
-    """if set, build the offline demo world (toy.py) here on first use; the demo config points at it"""
+    student: str = arg("Qwen2.5-0.5B", "student model: a local directory, a hub name, or a bare name meaning Qwen/<name>")
+    teacher: str = arg("Qwen2.5-7B", "teacher model (same forms); must share the student's tokenizer")
+    train_data: str = arg("data/math_train.jsonl", "training problems: a .jsonl/.json/.parquet file or a hub dataset")
+    data_split: str = arg("train", "split to read when train_data is a hub dataset")
+    problem_field: str = arg("problem", "field holding the problem statement")
+    answer_field: str = arg("answer", "field holding the reference final answer (a string)")
+    skip_bad_rows: bool = arg(False, "skip (and count) rows with a missing, empty or non-string problem or answer")
+    prompt_suffix: str = arg(PROMPT_SUFFIX, "instruction appended to every problem (paper: this sentence)")
+    chat_template: bool = arg(True, "wrap the prompt in the tokenizer's chat template when it has one; its "
+                                    "turn-closing token then also ends a rollout")
     # --- SCOPE
-    group_size: int = 8
-    """G: rollouts sampled per problem (paper: 8)"""
-    tau: float = 1.0
-    """temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)"""
-    route_by_correctness: bool = True
-    """SCOPE routing; false sends every rollout to the reverse-KL path (plain OPD)"""
-    student_weight: str = "ppl"
-    """weights of correct rollouts: ppl (Eq. 4), uniform, or reversed (the authors' released code)"""
-    teacher_weight: str = "ppl"
-    """weights of incorrect rollouts: ppl (Eq. 5), uniform, or reversed"""
-    weight_scale: str = "mean"
-    """mean: weights average 1 in each subset (uniform = plain OPD+MLE); sum: they sum to 1 (paper)"""
-    loss_agg: str = "token_mean"
-    """token_mean: mean over all response tokens of the step; sum: token sums per rollout, mean over prompts (paper)"""
+    group_size: int = arg(8, "G: rollouts sampled per problem (paper: 8)")
+    tau: float = arg(1.0, "temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)")
+    route_by_correctness: bool = arg(True, "SCOPE routing; false sends every rollout to the reverse-KL path (OPD)")
+    student_weight: Weighting = arg("ppl", "weights of correct rollouts: ppl (Eq. 4), uniform, or reversed "
+                                           "(the authors' released code)")
+    teacher_weight: Weighting = arg("ppl", "weights of incorrect rollouts: ppl (Eq. 5), uniform, or reversed")
+    weight_scale: Literal["mean", "sum"] = arg("mean", "mean: weights average 1 in each subset (uniform = plain "
+                                                       "OPD+MLE); sum: they sum to 1 (paper)")
+    loss_agg: Literal["token_mean", "sum"] = arg("token_mean", "token_mean: mean over all response tokens of the "
+                                                               "step; sum: token sums per rollout, mean over prompts")
     # --- rollouts
-    batch_size: int = 32
-    """B: problems per optimizer step, over all ranks (paper: 256)"""
-    temperature: float = 0.6
-    """rollout sampling temperature; log-probs of student and teacher use the same (paper: 0.6)"""
-    top_p: float = 1.0
-    """rollout nucleus sampling threshold (1 = off)"""
-    top_k: int = 0
-    """rollout top-k (0 = off)"""
-    max_prompt_tokens: int = 1024
-    """problems whose prompt is longer are dropped at load time (counted)"""
-    max_new_tokens: int = 2048
-    """longest response; one without EOS by then is graded as it stands and counted as truncated"""
+    batch_size: int = arg(32, "B: problems per optimizer step, over all ranks (paper: 256)")
+    temperature: float = arg(0.6, "rollout temperature; student and teacher log-probs use the same (paper: 0.6)")
+    top_p: float = arg(1.0, "rollout nucleus sampling threshold (1 = off)")
+    top_k: int = arg(0, "rollout top-k (0 = off)")
+    max_prompt_tokens: int = arg(1024, "problems whose prompt is longer are dropped at load time (counted)")
+    max_new_tokens: int = arg(2048, "longest response; one without a stop token by then is graded as it stands")
+    rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB: rows per call = budget / (KV bytes "
+                                     "per token, from the student's config, x (max_prompt_tokens + max_new_tokens))")
     # --- optimisation
-    max_steps: int = 200
-    """optimizer steps"""
-    lr: float = 5e-5
-    """AdamW learning rate, constant (paper: 5e-5)"""
-    weight_decay: float = 0.01
-    """AdamW weight decay (paper: 0.01)"""
-    grad_clip: float = 1.0
-    """clip the global gradient norm to this (0 = off)"""
-    micro_batch_tokens: int = 32768
-    """token budget of one forward/backward micro-batch (whole groups; rows x padded length)"""
-    logprob_chunk_tokens: int = 1024
-    """response tokens projected onto the vocabulary at a time when computing log-probs"""
-    gradient_checkpointing: bool = True
-    """recompute the student's activations in backward during the update (never while generating)"""
-    dtype: str = "bfloat16"
-    """compute dtype on GPU: bfloat16 or float32 (student master weights stay float32; CPU runs float32)"""
-    shard_teacher: bool = True
-    """under torchrun, shard the teacher with FSDP2 like the student; false replicates it on every rank"""
+    max_steps: int = arg(200, "optimizer steps")
+    lr: float = arg(5e-5, "AdamW learning rate, constant (paper: 5e-5)")
+    weight_decay: float = arg(0.01, "AdamW weight decay (paper: 0.01)")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
+    micro_batch_tokens: int = arg(32768, "padded tokens of one forward/backward micro-batch (whole groups)")
+    logprob_chunk_tokens: int = arg(1024, "response tokens projected onto the vocabulary at a time")
+    gradient_checkpointing: bool = arg(True, "recompute the student's activations in backward (never while generating)")
+    dtype: Literal["bfloat16", "float32"] = arg("bfloat16", "compute dtype on GPU (student master weights stay "
+                                                            "float32; CPU runs float32)")
+    shard_teacher: bool = arg(True, "under torchrun, shard the teacher with FSDP2; false replicates it on every rank")
     # --- evaluation, logging, saving
-    eval_data: str = "data/math500.jsonl"
-    """held-out problems for the quick eval"""
-    eval_every: int = 50
-    """run the quick eval before training and every this many steps (0 = never)"""
-    eval_problem_field: str = "problem"
-    """field holding the problem statement in eval_data"""
-    eval_answer_field: str = "answer"
-    """field holding the reference answer in eval_data"""
-    eval_limit: int = 128
-    """quick eval uses the first this many problems"""
-    eval_samples: int = 1
-    """samples per problem in the quick eval"""
-    eval_temperature: float = 0.0
-    """quick-eval sampling temperature (0 = greedy)"""
-    output_dir: str = "runs/scope"
-    """metrics.jsonl, eval.jsonl, checkpoints and the final student go here"""
-    save_every: int = 50
-    """write a resumable checkpoint (with the student as a plain HF model) every this many steps, and at the end"""
-    keep_checkpoints: int = 2
-    """keep the newest this many checkpoints"""
-    resume: str = ""
-    """'' = a fresh run (refused if output_dir holds one); auto = continue from the newest checkpoint there; or a checkpoint dir"""
-    max_bad_steps: int = 3
-    """stop after this many optimizer steps in a row skipped for a non-finite gradient"""
-    seed: int = 0
-    """seeds the data order and, per step, the sampling"""
+    eval_data: str = arg("data/math500.jsonl", "held-out problems for the quick eval")
+    eval_problem_field: str = arg("problem", "field holding the problem statement in eval_data")
+    eval_answer_field: str = arg("answer", "field holding the reference answer in eval_data")
+    eval_every: int = arg(50, "run the quick eval before training and every this many steps (0 = never)")
+    eval_limit: int = arg(128, "the quick eval uses the first this many problems")
+    eval_samples: int = arg(1, "samples per problem in the quick eval")
+    eval_temperature: float = arg(0.0, "quick-eval sampling temperature (0 = greedy)")
+    output_dir: str = arg("runs/scope", "metrics.jsonl, eval.jsonl, curves.png, checkpoints and the final student")
+    report_to: Literal["none", "wandb", "tensorboard", "trackio"] = arg("none", "also send each step's numbers here")
+    save_every: int = arg(50, "write a resumable checkpoint every this many steps, and at the end")
+    keep_checkpoints: int = arg(2, "keep the newest this many checkpoints")
+    resume: str = arg("", "'' = a fresh run (refused if output_dir holds one); auto = continue from the newest "
+                          "checkpoint there; or a checkpoint directory")
+    max_bad_steps: int = arg(3, "tolerate this many optimizer steps in a row skipped for a non-finite gradient; "
+                                "one more stops the run")
+    seed: int = arg(0, "seeds the data order and, per step, the sampling")
+    # --- memory plan
+    plan: bool = arg(False, "print the estimated memory per GPU of each phase and exit; loads no weights")
+    gpus: int = arg(1, "GPUs the plan is for (torchrun decides the real number)")
+    gpu_memory_gb: float = arg(80.0, "memory of one GPU, GB, for the plan")
 
 
-def field_docs() -> dict[str, str]:
-    """Each Config field's docstring (the string under it), read from the source: the --help text."""
-    body = ast.parse(inspect.getsource(Config)).body[0].body
-    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
-
-
-CHOICES = {"student_weight": ("ppl", "uniform", "reversed"), "teacher_weight": ("ppl", "uniform", "reversed"),
-           "weight_scale": ("mean", "sum"), "loss_agg": ("token_mean", "sum"), "dtype": ("bfloat16", "float32")}
-
-
-def fail(message: str):
-    """Stop with a message for the user (no traceback: it is their input, not our bug)."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+POSITIVE = ("group_size", "batch_size", "max_new_tokens", "max_prompt_tokens", "max_steps", "micro_batch_tokens",
+            "logprob_chunk_tokens", "save_every", "eval_limit", "eval_samples", "keep_checkpoints", "gpus",
+            "tau", "temperature", "rollout_kv_gb", "gpu_memory_gb")
+INTEGERS = {f.name for f in fields(Config) if f.type is int}
+NON_NEGATIVE = ("lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps")
 
 
 def parse_config(argv: list[str]) -> Config:
-    """Defaults, then --config FILE.yaml, then --field-name VALUE flags; every value checked."""
-    import argparse
-    import yaml
-
-    docs = field_docs()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Defaults, then --config FILE.yaml, then flags: the YAML's fields become flags placed first."""
+    parser = HfArgumentParser(Config, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of config fields, applied before the flags")
-    for f in fields(Config):
-        kind = {bool: "true|false", int: "INT", float: "FLOAT", str: "STR"}[type(f.default)]
-        extra = f" {{{', '.join(CHOICES[f.name])}}}" if f.name in CHOICES else ""
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar=kind, default=argparse.SUPPRESS,
-                            help=f"{docs[f.name]}{extra} (default: {f.default!r})")
-    args, unknown = parser.parse_known_args(argv)
-    valid = ", ".join(f.name for f in fields(Config))
-    if unknown:
-        fail(f"unknown argument {unknown[0]!r}; config fields are: {valid}")
-    values = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            fail(f"--config {path}: no such file")
+    path = argparse.ArgumentParser(add_help=False)
+    path.add_argument("--config")
+    path = path.parse_known_args(argv)[0].config
+    names = [f.name for f in fields(Config)]
+    from_file = []
+    if path:
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            fail(f"{path}: not valid YAML: {e}")
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            fail(f"--config {path}: {e}")
         if not isinstance(values, dict):
             fail(f"{path}: expected a mapping of config fields, found {type(values).__name__}")
-        for key in values:
-            if key not in docs:
-                fail(f"{path}: unknown key {key!r}; config fields are: {valid}")
-    values.update({k: v for k, v in vars(args).items() if k != "config"})
-    cfg = Config()
-    for f in fields(Config):
-        if f.name in values:
-            setattr(cfg, f.name, coerce(f.name, values[f.name], type(f.default)))
-    check_config(cfg)
-    return cfg
-
-
-def coerce(name: str, value, kind: type):
-    """A YAML or command-line value as the field's type, or a message naming the field."""
-    if isinstance(value, str) and kind is not str:
-        text = value.strip().lower()
-        if kind is bool and text in ("true", "false", "1", "0", "yes", "no"):
-            return text in ("true", "1", "yes")
-        try:
-            value = kind(value) if kind is not bool else value
-        except ValueError:
-            pass
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if value is None and kind is str:
-        value = ""
-    if type(value) is not kind:
-        fail(f"field {name!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def check_config(cfg: Config):
-    """Impossible values stop the run before any model loads."""
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            fail(f"field {name!r} is {getattr(cfg, name)!r}; allowed: {', '.join(allowed)}")
-    positive = ["group_size", "batch_size", "max_new_tokens", "max_prompt_tokens", "max_steps",
-                "micro_batch_tokens", "logprob_chunk_tokens", "save_every", "eval_limit", "eval_samples",
-                "keep_checkpoints", "max_bad_steps"]
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            fail(f"field {name!r} is {getattr(cfg, name)}; it must be an integer >= 1")
-    for name in ("tau", "temperature"):
-        if not getattr(cfg, name) > 0:
-            fail(f"field {name!r} is {getattr(cfg, name)}; it must be > 0")
-    for name in ("lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature"):
+        for key, value in values.items():
+            if key not in names:
+                fail(f"{path}: unknown key {key!r}; config fields are: {', '.join(names)}")
+            from_file += [f"--{key}", "" if value is None else str(value)]
+    try:
+        cfg, _ = parser.parse_args_into_dataclasses(from_file + argv, look_for_args_file=False)
+    except ValueError as e:  # arguments no field takes
+        fail(f"{e}; config fields are: {', '.join(names)}")
+    for name in POSITIVE:
+        if getattr(cfg, name) <= 0:
+            fail(f"field {name!r} is {getattr(cfg, name)}; it must be {'>= 1' if name in INTEGERS else '> 0'}")
+    for name in NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             fail(f"field {name!r} is {getattr(cfg, name)}; it must be >= 0")
     if not 0 < cfg.top_p <= 1:
         fail(f"field 'top_p' is {cfg.top_p}; it must be in (0, 1]")
-    if cfg.top_k < 0:
-        fail(f"field 'top_k' is {cfg.top_k}; it must be >= 0 (0 = off)")
+    return cfg
 
 
 # -----------------------------------------------------------------------------
-# Models, tokenizers and data
+# One training step's parts: micro-batches, teacher scoring, the update
 
-def resolve(name: str) -> str:
-    """A local directory as it is; a bare name (no '/') as a Qwen hub model; a hub name as it is."""
-    if Path(name).is_dir() or "/" in name:
-        return name
-    return f"Qwen/{name}"
+def micro_batches(ro, group_size: int, budget: int, world: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) of micro-batches of whole groups, as many on every rank.
 
-
-def load_model(name: str, dtype: torch.dtype, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        where = "is not a local directory and could not be loaded from the Hugging Face Hub"
-        fail(f"model {name!r} (as {path!r}) {where}: {e}\n"
-             f"Pass a local directory holding config.json, the weights and the tokenizer, e.g. --student /models/qwen")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
-
-
-def check_same_tokenizer(student_tok, teacher_tok, cfg: Config):
-    """Teacher scores must be over the student's token ids: refuse two different tokenizers."""
-    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
-    if s != t:
-        only_s = sorted(set(s) - set(t))[:3]
-        only_t = sorted(set(t) - set(s))[:3]
-        fail(f"student {cfg.student!r} ({len(s)} tokens) and teacher {cfg.teacher!r} ({len(t)} tokens) "
-             f"have different tokenizers (e.g. only the student has {only_s}, only the teacher {only_t}, "
-             f"or ids differ); SCOPE needs one shared tokenizer")
-
-
-def load_rows(source: str, split: str, problem_field: str, answer_field: str, skip_bad: bool) -> list[dict]:
-    """Problems and answers from a local .jsonl/.json/.parquet file or a hub dataset, checked row by row."""
-    import datasets
-
-    path = Path(source)
-    kinds = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-    try:
-        if path.is_file():
-            if path.suffix not in kinds:
-                fail(f"{source}: expected a .jsonl, .json or .parquet file")
-            data = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
-        elif path.suffix in kinds:
-            fail(f"{source}: no such file")
-        else:
-            data = datasets.load_dataset(source, split=split)
-    except SystemExit:
-        raise
-    except Exception as e:  # datasets raises many types for unreadable files and unknown hub names
-        fail(f"could not read {source!r}: {type(e).__name__}: {e}")
-    rows, skipped = [], 0
-    for i, row in enumerate(data):
-        problem, answer = row.get(problem_field), row.get(answer_field)
-        bad = next((f"field {name!r} is {'missing' if v is None else repr(v)}; expected a non-empty string"
-                    for name, v in ((problem_field, problem), (answer_field, answer))
-                    if not isinstance(v, str) or not v.strip()), None)
-        if bad and not skip_bad:
-            fail(f"{source}, row {i}: {bad} (set --skip-bad-rows true to skip such rows)")
-        if bad:
-            skipped += 1
-            continue
-        rows.append({"problem": problem, "answer": answer})
-    if skipped:
-        print(f"{source}: skipped {skipped} bad rows of {len(data)}")
-    if not rows:
-        fail(f"{source}: no usable rows")
-    return rows
-
-
-@lru_cache(maxsize=2)
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-
-
-def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
-    """Rows of step `step`: a fresh shuffle each epoch, a function of the step alone (so resuming needs no sampler state)."""
-    return [epoch_order(n, seed, k // n)[k % n] for k in range(step * batch, (step + 1) * batch)]
-
-
-# -----------------------------------------------------------------------------
-# Distributed (torchrun): FSDP2; without torchrun none of this runs
-
-def setup_distributed(backend: str | None = None, timeout=None):
-    """(rank, world, device): a process group only under torchrun (nccl on GPU, gloo on CPU by default)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
-        return dist.get_rank(), world, device
-    return 0, 1, device
-
-
-def shard(model, cfg: Config, device: torch.device):
-    """FSDP2: each decoder layer, then the root (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy()
-    if device.type == "cuda" and cfg.dtype == "bfloat16":
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
-@contextmanager
-def gathered(model):
-    """Unshard an FSDP2 model once for a whole generate call instead of once per decoded token."""
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for m in units:
-        m.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield
-    finally:
-        for m in units:
-            m.set_reshard_after_forward(m is not model, recurse=False)  # the root stays unsharded, as FSDP2 sets it
-            m.reshard()
-
-
-def all_sum(x: float, world: int) -> float:
-    if world == 1:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.item()
-
-
-def all_max(flag: bool, world: int) -> bool:
-    return all_sum(float(flag), world) > 0
-
-
-def barrier(world: int):
-    if world > 1:
-        dist.barrier()
-
-
-# -----------------------------------------------------------------------------
-# Training
-
-def micro_batches(ro, group_size: int, budget: int):
-    """Slices of whole groups whose padded size (rows x columns) stays within `budget` tokens."""
-    n_groups = ro.tokens.shape[0] // group_size
-    width = ro.attn.shape[1]
-    start = 0
-    while start < n_groups:
-        end = start + 1
-        while end < n_groups and (end + 1 - start) * group_size * width <= budget:
-            end += 1
-        rows = slice(start * group_size, end * group_size)
-        cols = ro.attn[rows].any(0).nonzero()                        # drop columns that are padding everywhere
-        yield rows, slice(cols.min().item(), cols.max().item() + 1)
-        start = end
+    Under FSDP2 every forward and backward is a collective, so the count must not depend on a
+    rank's own data: each micro-batch takes as many groups as fit `budget` padded tokens at the
+    widest rank's width. Columns that are padding in every row of a micro-batch are dropped.
+    """
+    width = int(all_max(ro.attn.shape[1], world))
+    rows_each = max(1, budget // (group_size * width)) * group_size
+    out = []
+    for start in range(0, ro.tokens.shape[0], rows_each):
+        rows = slice(start, start + rows_each)
+        cols = ro.attn[rows].any(0).nonzero()
+        out.append((rows, slice(int(cols.min()), int(cols.max()) + 1)))
+    return out
 
 
 def score_with_teacher(teacher, ro, batches, vocab: int, cfg: Config, amp) -> torch.Tensor:
@@ -482,14 +267,205 @@ def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, voc
     return infos
 
 
-def summarize(roll: dict, group_size: int) -> dict:
-    """Per-step numbers that tell whether training does something (README, Metrics).
+def optimizer_step(student, optimizer, cfg: Config) -> float:
+    """Clip and step; a non-finite global norm (the same on every rank) skips the step. Returns the norm."""
+    norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
+    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
+    if math.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
-    roll holds one entry per rollout of the whole step (all ranks): the `scope_loss` infos
-    concatenated, plus correct, truncated and a global group id.
-    """
+
+# -----------------------------------------------------------------------------
+# The loop
+
+def main(argv: list[str]):
+    cfg = parse_config(argv)
+    if cfg.plan:
+        sys.exit(0 if plan.print_plan(cfg) else 1)
+    quiet_libraries()
+    rank, world, device = setup_distributed()
+    if cfg.batch_size % world:
+        fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
+    out_dir = Path(cfg.output_dir)
+    resume_from = find_checkpoint(cfg, out_dir)
+    check_context(cfg)
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16 anyway
+    compute = torch.bfloat16 if gpu and cfg.dtype == "bfloat16" else torch.float32
+
+    # ---- models: the student in float32 (its master weights), the teacher frozen in the compute dtype
+    student, tok = load_model(cfg.student, torch.float32, device)
+    teacher, teacher_tok = load_model(cfg.teacher, compute, device)
+    check_same_tokenizer(tok, teacher_tok, cfg.student, cfg.teacher)
+    teacher.requires_grad_(False).eval()
+    vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if world > 1:
+        shard(student, compute)
+        if cfg.shard_teacher:
+            shard(teacher, compute)
+    amp = torch.autocast("cuda", dtype=compute) if gpu and world == 1 else nullcontext()  # FSDP2 casts itself
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_checkpoint(resume_from, student, optimizer, cfg) if resume_from else 0
+    kv = kv_bytes_per_token(student.config, compute.itemsize)
+    sampling = dict(stop=stop_ids(student, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
+                    max_new_tokens=cfg.max_new_tokens, synced=world > 1,
+                    max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
+    train = load_problems(cfg, tok, rank)
+    held_out = load_held_out(cfg, tok, world)
+    write_metrics = open_logs(cfg, out_dir, rank, start)
+    if held_out and start == 0:
+        quick_eval(student, tok, held_out, 0, cfg, amp, sampling, out_dir, rank, world)
+    stop = catch_stop_signals()
+    bad_in_a_row, per_rank = 0, cfg.batch_size // world
+
+    bar = tqdm(range(start, cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True,
+               initial=start, total=cfg.max_steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        # Sampling is seeded from (seed, step, rank): a resumed run draws exactly what it would have.
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + rank)
+        rows = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
+        rows = rows[rank * per_rank:(rank + 1) * per_rank]
+
+        # ---- sample G answers per problem from the current student
+        student.eval()
+        with amp, gathered(student) if world > 1 else nullcontext():
+            ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
+                          **sampling)
+        t1 = time.perf_counter()
+
+        # ---- grade them
+        golds = [r["answer"] for r in rows for _ in range(cfg.group_size)]
+        correct = torch.tensor([grade(text, gold) for text, gold in zip(ro.texts, golds)], device=device)  # (N,)
+        group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
+        t2 = time.perf_counter()
+
+        # ---- the teacher scores the student's tokens: one forward, no generation
+        batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
+        teacher_logp = score_with_teacher(teacher, ro, batches, vocab, cfg, amp)                          # (N, L)
+        t3 = time.perf_counter()
+
+        # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
+        student.train()
+        n_tokens = all_sum(ro.resp.sum().item(), world)
+        norm = n_tokens if cfg.loss_agg == "token_mean" else cfg.batch_size
+        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norm, world)
+        grad_norm = optimizer_step(student, optimizer, cfg)
+        bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
+        t4 = time.perf_counter()
+
+        # ---- log the step's numbers, gathered from every rank; the quick eval when due
+        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world)
+        record = {"step": step + 1, **summarize(roll, cfg.group_size), "grad_norm": grad_norm,
+                  "skipped": not math.isfinite(grad_norm), "tokens_per_s": n_tokens / (t4 - t0),
+                  "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
+        if held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+            record["eval_accuracy"] = quick_eval(student, tok, held_out, step + 1, cfg, amp, sampling, out_dir,
+                                                 rank, world)
+        write_metrics(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}", kl=f"{record['kl']:.3f}")
+        if bad_in_a_row > cfg.max_bad_steps:
+            fail(f"{bad_in_a_row} steps in a row had a non-finite gradient; the last good checkpoint is in "
+                 f"{out_dir} (lower lr, or check the data)")
+
+        # ---- checkpoint; stop at this step boundary when a signal asked for it
+        stopping = all_max(stop["signal"] is not None, world) > 0
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps or stopping:
+            save_checkpoint(student, optimizer, tok, out_dir, step + 1, cfg, rank, world)
+        if stopping:
+            stop_now(argv, step + 1, stop["signal"], rank)
+    save(student, tok, out_dir, rank, world)
+    if rank == 0:
+        plot_run(out_dir)
+        print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# Data and the quick eval
+
+def load_problems(cfg: Config, tok, rank: int) -> list[dict]:
+    """Training rows with their prompt built once; prompts longer than max_prompt_tokens are dropped (counted)."""
+    rows = load_rows(cfg.train_data, cfg.data_split, cfg.problem_field, cfg.answer_field, cfg.skip_bad_rows)
+    for r in rows:
+        r["prompt"] = build_prompt(tok, r["problem"], cfg.prompt_suffix, cfg.chat_template)
+    lengths = [len(ids) for ids in tok([r["prompt"] for r in rows], add_special_tokens=False).input_ids]
+    kept = [r for r, n in zip(rows, lengths) if n <= cfg.max_prompt_tokens]
+    if len(kept) < len(rows) and rank == 0:
+        print(f"{cfg.train_data}: dropped {len(rows) - len(kept)} problems longer than {cfg.max_prompt_tokens} tokens")
+    return kept or fail(f"{cfg.train_data}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
+
+
+def load_held_out(cfg: Config, tok, world: int) -> list[dict]:
+    """The quick eval's problems, cut to equal shares per rank (generate is a collective under FSDP2)."""
+    if not cfg.eval_every:
+        return []
+    rows = load_rows(cfg.eval_data, "test", cfg.eval_problem_field, cfg.eval_answer_field, cfg.skip_bad_rows)
+    rows = rows[:cfg.eval_limit]
+    rows = rows[:len(rows) - len(rows) % world] or fail(f"{cfg.eval_data}: the quick eval needs at least one "
+                                                        f"problem per rank ({world} ranks)")
+    for r in rows:
+        r["prompt"] = build_prompt(tok, r["problem"], cfg.prompt_suffix, cfg.chat_template)
+    return rows
+
+
+def quick_eval(student, tok, rows, step: int, cfg: Config, amp, sampling: dict, out_dir: Path, rank: int,
+               world: int) -> float:
+    """Held-out accuracy of the student (each rank takes its share), appended to eval.jsonl."""
+    mine = rows[rank::world]
+    student.eval()
+    with amp, gathered(student) if world > 1 else nullcontext():
+        results = sample_and_grade(student, tok, [r["prompt"] for r in mine], [r["answer"] for r in mine],
+                                   n=cfg.eval_samples, temperature=cfg.eval_temperature, **sampling)
+    right = all_sum(sum(s["correct"] for samples in results for s in samples), world)
+    accuracy = right / (len(rows) * cfg.eval_samples)
+    if rank == 0:
+        with open(out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "eval_accuracy": accuracy}) + "\n")
+        tqdm.write(f"step {step}: held-out accuracy {accuracy:.1%} ({cfg.eval_data}, {len(rows)} problems)")
+        plot_run(out_dir)
+    return accuracy
+
+
+@lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Rows of step `step`: a fresh shuffle each epoch, a function of the step alone (so resuming needs no sampler state)."""
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(step * batch, (step + 1) * batch)]
+
+
+# -----------------------------------------------------------------------------
+# Logging: per-step numbers, trackers, a quiet console
+
+def gather_rollouts(infos: list[dict], ro, correct, group, world: int) -> dict:
+    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation."""
+    roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
+            for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
+    roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
+                loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
+                loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, roll)
+        roll = {k: torch.cat([p[k] for p in parts]) for k in roll}
+    return roll
+
+
+def summarize(roll: dict, group_size: int) -> dict:
+    """Per-step numbers that tell whether training does something (README, Metrics)."""
     per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
-    out = {"frac_correct": per_group.mean().item(),
+    loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
+    out = {"loss": loss_mle + loss_opd, "loss_mle": loss_mle, "loss_opd": loss_opd,
+           "frac_correct": per_group.mean().item(),
            "frac_all_correct": (per_group == 1).all(1).float().mean().item(),
            "frac_all_wrong": (per_group == 0).all(1).float().mean().item(),
            "frac_truncated": roll["truncated"].float().mean().item(),
@@ -512,192 +488,62 @@ def summarize(roll: dict, group_size: int) -> dict:
     return out
 
 
-def main(argv: list[str]):
-    cfg = parse_config(argv)
-    from transformers.utils import logging as hf_logging
-
-    import eval as evaluation  # eval.py imports this file: import it only once both exist
-
-    hf_logging.set_verbosity_error()
-    rank, world, device = setup_distributed()
-    if cfg.batch_size % world:
-        fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
-    if cfg.toy_dir:
-        import toy
-        if rank == 0:
-            toy.build(cfg.toy_dir)
-        barrier(world)
-    out_dir = Path(cfg.output_dir)
-    resume_from = find_checkpoint(cfg, out_dir)
-    check_context(cfg)
-    gpu = device.type == "cuda"
-    if gpu:
-        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16 anyway
-    compute = torch.bfloat16 if gpu and cfg.dtype == "bfloat16" else torch.float32
-
-    # ---- models: student in float32 (its master weights), teacher in the compute dtype, frozen
-    student, tokenizer = load_model(cfg.student, torch.float32, device)
-    teacher, teacher_tok = load_model(cfg.teacher, compute, device)
-    check_same_tokenizer(tokenizer, teacher_tok, cfg)
-    teacher.requires_grad_(False).eval()
-    vocab = len(tokenizer)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
-    if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if world > 1:
-        shard(student, cfg, device)
-        if cfg.shard_teacher:
-            shard(teacher, cfg, device)
-    # single GPU: autocast; under FSDP2 the mixed-precision policy casts instead
-    amp = torch.autocast("cuda", dtype=compute) if gpu and world == 1 else nullcontext()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(resume_from, student, optimizer) if resume_from else 0
-
-    # ---- data: prompts built once; over-long prompts dropped
-    def prompts_of(rows):
-        return [build_prompt(tokenizer, r["problem"], cfg.prompt_suffix, cfg.chat_template) for r in rows]
-
-    train = load_rows(cfg.train_data, cfg.data_split, cfg.problem_field, cfg.answer_field, cfg.skip_bad_rows)
-    for r, p in zip(train, prompts_of(train)):
-        r["prompt"] = p
-    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in train]).input_ids]
-    kept = [r for r, n in zip(train, lengths) if n <= cfg.max_prompt_tokens]
-    if len(kept) < len(train) and rank == 0:
-        print(f"{cfg.train_data}: dropped {len(train) - len(kept)} problems longer than {cfg.max_prompt_tokens} tokens")
-    train = kept or fail(f"{cfg.train_data}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
-    eval_rows = []
-    if cfg.eval_every:
-        eval_rows = load_rows(cfg.eval_data, "test", cfg.eval_problem_field, cfg.eval_answer_field,
-                              cfg.skip_bad_rows)
-        eval_rows = eval_rows[:cfg.eval_limit]
-        eval_rows = eval_rows[:len(eval_rows) - len(eval_rows) % world]  # equal shares: generate is synced
-        if not eval_rows:
-            fail(f"{cfg.eval_data}: the quick eval needs at least one problem per rank ({world} ranks)")
-
-    def quick_eval(step: int):
-        student.eval()
-        with amp, gathered(student) if world > 1 else nullcontext():
-            acc = evaluation.quick_accuracy(student, tokenizer, eval_rows[rank::world], prompts_of, n=cfg.eval_samples,
-                                            temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                                            synced=world > 1)
-        acc = all_sum(acc[0], world) / max(all_sum(acc[1], world), 1)
-        if rank == 0:
-            with open(out_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "eval_accuracy": acc}) + "\n")
-            tqdm.write(f"step {step}: held-out accuracy {acc:.1%} ({cfg.eval_data}, {len(eval_rows)} problems)")
-        return acc
-
+def open_logs(cfg: Config, out_dir: Path, rank: int, start: int):
+    """Prepare output_dir; returns the function that records one step (metrics.jsonl and the tracker, rank 0)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        for name in ("metrics.jsonl", "eval.jsonl"):  # a resumed run rewrites the steps after its checkpoint
-            keep_steps_up_to(out_dir / name, start)
-    if cfg.eval_every and start == 0:
-        quick_eval(0)
-    stop = catch_stop_signals()
-    bad_in_a_row = 0
+    if rank != 0:
+        return lambda record: None
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    for name in ("metrics.jsonl", "eval.jsonl"):  # a resumed run rewrites the steps after its checkpoint
+        keep_steps_up_to(out_dir / name, start)
+    track = open_tracker(cfg, out_dir)
 
-    per_rank = cfg.batch_size // world
-    bar = tqdm(range(start, cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True,
-               initial=start, total=cfg.max_steps)
-    for step in bar:
-        t0 = time.perf_counter()
-        # Sampling is seeded from (seed, step, rank): a resumed run draws exactly what it would have.
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + rank)
-        rows = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
-        rows = rows[rank * per_rank:(rank + 1) * per_rank]
-
-        # ---- sample: G rollouts per prompt from the current student
-        student.eval()
-        with amp, gathered(student) if world > 1 else nullcontext():
-            ro = generate(student, tokenizer, [r["prompt"] for r in rows], cfg.group_size,
-                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_new_tokens=cfg.max_new_tokens, synced=world > 1)
-        t1 = time.perf_counter()
-
-        # ---- grade
-        answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        correct = torch.tensor([grade(text, gold) for text, gold in zip(ro.texts, answers)], device=device)
-        group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)
-        t2 = time.perf_counter()
-
-        # ---- teacher: log-probs of the sampled tokens (one forward, no generation)
-        batches = list(micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens))
-        teacher_logp = score_with_teacher(teacher, ro, batches, vocab, cfg, amp)
-        t3 = time.perf_counter()
-
-        # ---- update: one optimizer step, gradients accumulated over micro-batches of whole groups
-        student.train()
-        n_tokens = all_sum(ro.resp.sum().item(), world)
-        norm = n_tokens if cfg.loss_agg == "token_mean" else cfg.batch_size
-        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norm, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
-        finite = math.isfinite(grad_norm)  # the global norm: every rank takes the same decision
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bad_in_a_row = 0 if finite else bad_in_a_row + 1
-        t4 = time.perf_counter()
-
-        # ---- log: per-rollout numbers of the whole step (gathered from every rank)
-        roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
-                for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
-        roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu() + rank * per_rank,
-                    loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
-                    loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
-        if world > 1:
-            parts = [None] * world
-            dist.all_gather_object(parts, roll)
-            roll = {k: torch.cat([p[k] for p in parts]) for k in roll}
-        stats = {"loss_mle": roll["loss_mle"].sum().item(), "loss_opd": roll["loss_opd"].sum().item(),
-                 **summarize(roll, cfg.group_size)}
-        record = {"step": step + 1, "loss": stats["loss_mle"] + stats["loss_opd"], **stats,
-                  "grad_norm": grad_norm, "skipped": not finite, "tokens_per_s": n_tokens / (t4 - t0),
-                  "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
-            record["eval_accuracy"] = quick_eval(step + 1)
-        if rank == 0:
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}",
-                            kl=f"{record['kl']:.3f}")
-        if bad_in_a_row > cfg.max_bad_steps:
-            fail(f"{bad_in_a_row} steps in a row had a non-finite gradient; the last good checkpoint is in "
-                 f"{out_dir} (lower lr, or check the data)")
-        stopping = all_max(stop["signal"] is not None, world)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps or stopping:
-            save_checkpoint(student, optimizer, tokenizer, out_dir, step + 1, cfg.keep_checkpoints, rank, world)
-        if stopping:
-            again = argv if any(a.startswith("--resume") for a in argv) else [*argv, "--resume", "auto"]
-            if rank == 0:
-                print(f"\nstopped by a signal after step {step + 1}; checkpoint saved. Continue with:\n"
-                      f"  python scope.py {' '.join(again)}", file=sys.stderr)
-            sys.exit(128 + (stop["signal"] or signal.SIGTERM))
-    save(student, tokenizer, out_dir, rank, world)
-    if rank == 0:
-        print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
-    if world > 1:
-        dist.destroy_process_group()
+    def write(record: dict):
+        with open(out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        track({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, record["step"])
+    return write
 
 
-def catch_stop_signals() -> dict:
-    """SIGTERM (preemption) and SIGINT set a flag the loop reads at the next step boundary; a second one kills."""
-    stop = {"signal": None}
+TRACKERS = {"wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio"),
+            "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
 
-    def handler(signum, frame):
-        stop["signal"] = signum
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
+def open_tracker(cfg: Config, out_dir: Path):
+    """log(numbers, step) for the tracker named by report_to, imported only when asked for."""
+    if cfg.report_to == "none":
+        return lambda numbers, step: None
+    module, package = TRACKERS[cfg.report_to]
+    try:
+        tracker = importlib.import_module(module)
+    except ImportError:
+        fail(f"--report-to {cfg.report_to}: the package is not installed (pip install {package})")
+    if cfg.report_to == "tensorboard":
+        writer = tracker.SummaryWriter(str(out_dir / "tensorboard"))
 
+        def add_scalars(numbers: dict, step: int):
+            for k, v in numbers.items():
+                writer.add_scalar(k, v, step)
+            writer.flush()
+        return add_scalars
+    tracker.init(project="scope", name=out_dir.name, config=asdict(cfg))
+    return lambda numbers, step: tracker.log(numbers, step=step)
+
+
+def quiet_libraries():
+    """The console shows the run's own lines and its progress bar, not the libraries' bars and notices."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # dcp in a single process
+
+
+# -----------------------------------------------------------------------------
+# Reliability: context check, atomic checkpoints, exact resume, stop on a signal
 
 def check_context(cfg: Config):
     """A prompt plus a response must fit the student's context: checked before any weights load."""
-    from transformers import AutoConfig
-
     try:
         limit = AutoConfig.from_pretrained(resolve(cfg.student)).get_text_config().max_position_embeddings
     except (OSError, ValueError):
@@ -728,7 +574,11 @@ def find_checkpoint(cfg: Config, out_dir: Path) -> Path | None:
     return path
 
 
-def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, keep: int, rank: int, world: int):
+# Fields that decide which rollouts each step draws: a resumed run must keep them.
+RESUME_FIELDS = ("seed", "batch_size", "group_size")
+
+
+def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, cfg: Config, rank: int, world: int):
     """Atomically: write into a temporary directory, flush to disk, then rename; prune old ones.
 
     Holds the student as a plain HF model, and model + optimizer state (sharded under FSDP2) in
@@ -747,7 +597,7 @@ def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, keep:
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "state")
     barrier(world)
     if rank == 0:
-        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **{k: getattr(cfg, k) for k in RESUME_FIELDS}}))
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as handle:
@@ -757,30 +607,35 @@ def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, keep:
         fd = os.open(out_dir, os.O_RDONLY)  # make the rename itself durable
         os.fsync(fd)
         os.close(fd)
-        for old in checkpoints(out_dir)[:-keep]:
+        for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old)
     barrier(world)
 
 
-def load_checkpoint(path: Path, model, optimizer) -> int:
-    """Restore model and optimizer from a checkpoint; returns its step."""
+def load_checkpoint(path: Path, model, optimizer, cfg: Config) -> int:
+    """Restore model and optimizer from a checkpoint made with the same RESUME_FIELDS; returns its step."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    saved = json.loads((path / "trainer.json").read_text())
+    for name in RESUME_FIELDS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            fail(f"--resume {path}: the checkpoint was made with {name}={saved[name]!r}, this run has "
+                 f"{getattr(cfg, name)!r}; it decides which rollouts each step draws, so resume with the same "
+                 f"value or start a fresh run in another --output-dir")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
     dcp.load(state, checkpoint_id=path / "state")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    step = json.loads((path / "trainer.json").read_text())["step"]
-    print(f"resumed from {path} (step {step})")
-    return step
+    print(f"resumed from {path} (step {saved['step']})")
+    return saved["step"]
 
 
 def keep_steps_up_to(path: Path, step: int):
-    """Drop the lines of a jsonl log written after `step` (by a run that died before its next checkpoint)."""
+    """Drop the lines of a jsonl log written after `step` (by a run that died before its next checkpoint),
+    and a last line the death tore in half."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", step + 1) <= step))
 
 
 def save(model, tokenizer, path: Path, rank: int, world: int):
@@ -795,6 +650,29 @@ def save(model, tokenizer, path: Path, rank: int, world: int):
     if rank == 0:
         model.save_pretrained(path, state_dict=state)
         tokenizer.save_pretrained(path)
+
+
+def catch_stop_signals() -> dict:
+    """SIGTERM (preemption) and SIGINT set a flag the loop reads at the next step boundary; a second one kills."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def stop_now(argv: list[str], step: int, signum, rank: int):
+    """Exit after a signal, once the checkpoint is saved, saying how to continue."""
+    again = argv if any(a.startswith("--resume") for a in argv) else [*argv, "--resume", "auto"]
+    if rank == 0:
+        print(f"\nstopped by a signal after step {step}; checkpoint saved. Continue with:\n"
+              f"  python scope.py {' '.join(again)}", file=sys.stderr)
+    sys.exit(128 + (signum or signal.SIGTERM))
 
 
 if __name__ == "__main__":

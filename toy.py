@@ -16,8 +16,8 @@ teacher about 97%; SCOPE has to teach it both the format and better arithmetic. 
 head has more rows than the tokenizer (as Qwen2.5-7B's has), the student's is tied to its
 embeddings (as Qwen2.5-0.5B's is).
 
-`python toy.py DIR` builds the world in DIR and prints each model's held-out accuracy. scope.py
-builds it on first use when a config sets `toy_dir` (configs/toy.yaml).
+`python toy.py [DIR]` builds the world in DIR (default .toy, where configs/toy.yaml looks) once
+and prints each model's held-out accuracy; a second call finds it built and returns at once.
 """
 import json
 import random
@@ -29,15 +29,14 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-from sample import build_prompt, generate
-from scope import Config
+from sample import PROMPT_SUFFIX, build_prompt, generate
 from verify import grade
 
 # The pre-tokenizer Qwen2Tokenizer itself uses: digits split one by one, so BPE never merges them.
 QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 EOS = "<|endoftext|>"
-SUFFIX = Config.prompt_suffix  # the prompt of training, as a Qwen run builds it
+SUFFIX = PROMPT_SUFFIX  # the prompt of training, as a Qwen run builds it
 STUDENT_SFT_STEPS, TEACHER_SFT_STEPS = 400, 500
 STUDENT_BOXED = 0.3  # fraction of the student's training answers that follow the instruction to box
 
@@ -97,7 +96,8 @@ def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, boxed: float 
     model.train()
     for _ in range(steps):
         chosen = rng.sample(rows, batch)
-        prompts = [tokenizer(build_prompt(tokenizer, r["problem"], SUFFIX, True)).input_ids for r in chosen]
+        prompts = [tokenizer(build_prompt(tokenizer, r["problem"], SUFFIX, True), add_special_tokens=False).input_ids
+                   for r in chosen]
         solutions = [r["solution"] if rng.random() < boxed else unboxed(r["solution"]) for r in chosen]
         answers = [tokenizer(s).input_ids + [tokenizer.eos_token_id] for s in solutions]
         width = max(len(p) + len(a) for p, a in zip(prompts, answers))
@@ -118,7 +118,8 @@ def accuracy(model, tokenizer, rows: list[dict]) -> float:
     """Greedy held-out accuracy, graded by verify.grade."""
     prompts = [build_prompt(tokenizer, r["problem"], SUFFIX, True) for r in rows]
     model.eval()
-    out = generate(model, tokenizer, prompts, 1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=48)
+    out = generate(model, tokenizer, prompts, 1, stop=[tokenizer.eos_token_id], temperature=0.0, top_p=1.0, top_k=0,
+                   max_new_tokens=48)
     return sum(grade(t, r["answer"]) for t, r in zip(out.texts, rows)) / len(rows)
 
 

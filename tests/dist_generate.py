@@ -8,12 +8,11 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scope import Config, gathered, load_model, setup_distributed, shard  # noqa: E402
-from sample import generate  # noqa: E402
+from sample import gathered, generate, load_model, setup_distributed, shard  # noqa: E402
 
 rank, world, device = setup_distributed()
 model, tokenizer = load_model(sys.argv[1], torch.float32, device)
-shard(model, Config(), device)
+shard(model, torch.float32)
 model.eval()
 # Count FSDP2's parameter all-gathers (a private hook point: what unshard() calls for each unit).
 from torch.distributed.fsdp._fully_shard import _fsdp_param_group  # noqa: E402
@@ -30,7 +29,7 @@ def counting_all_gather(*args, **kwargs):
 
 _fsdp_param_group.foreach_all_gather = counting_all_gather
 prompt = ["1+1\nPut your final answer within \\boxed{}.", "987+989\nPut your final answer within \\boxed{}."][rank]
-kw = dict(temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=40, synced=True)
+kw = dict(stop=[tokenizer.eos_token_id], temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=40, synced=True)
 with gathered(model):
     ro = generate(model, tokenizer, [prompt], 2, **kw)
 once = calls

@@ -63,7 +63,7 @@ def test_ranks_that_stop_at_different_lengths_do_not_hang_and_gather_once(toy_wo
 
 def test_toy_config_trains_under_torchrun_and_its_checkpoint_reloads(toy_world, tmp_path):
     torchrun(["scope.py", "--config", "configs/toy.yaml", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
-              "--toy-dir", str(toy_world), "--student", str(toy_world / "student"),
+              "--student", str(toy_world / "student"),
               "--teacher", str(toy_world / "teacher"), "--train-data", str(toy_world / "train.jsonl"),
               "--eval-data", str(toy_world / "test.jsonl"), "--eval-every", "1", "--eval-limit", "8"])
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

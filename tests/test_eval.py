@@ -12,6 +12,7 @@ import torch
 import eval as evaluation
 import toy
 from conftest import ROOT
+from sample import load_model
 from verify import extract_answer, grade
 
 GOLDS = ["7", "8", "7", "7", "8"]
@@ -165,28 +166,28 @@ def test_rerun_with_other_sampling_settings_is_refused(coin, bench, tmp_path):
         evaluation.main(eval_args(coin, bench, out, "--limit", "1", "--temperature", "0.5"))
 
 
-def test_large_n_is_split_into_calls_of_bounded_size_in_sample_order(coin, monkeypatch):
-    model, tokenizer = evaluation.scope.load_model(str(coin), torch.float32, torch.device("cpu"))
-    real, rows = evaluation.generate, []
+def test_rows_are_split_into_generate_calls_of_bounded_size_in_sample_order(coin):
+    model, tokenizer = load_model(str(coin), torch.float32, torch.device("cpu"))
+    real, rows = model.generate, []
 
-    def recording(model, tokenizer, prompts, group_size, **kw):
-        rows.append(len(prompts) * group_size)
-        return real(model, tokenizer, prompts, group_size, **kw)
+    def recording(**kw):
+        rows.append(kw["input_ids"].shape[0])
+        return real(**kw)
 
-    monkeypatch.setattr(evaluation, "generate", recording)
+    model.generate = recording
     results = evaluation.sample_and_grade(model, tokenizer, ["1+6", "2+6", "3+5"], ["7", "8", "8"], n=5,
-                                          temperature=1.0, max_new_tokens=4, batch_size=2, max_batch_rows=4)
-    assert rows == [4, 4, 2, 2, 2, 1]                         # 2 prompts x (2+2+1) samples, then 1 x (2+2+1)
+                                          stop=[tokenizer.eos_token_id], temperature=1.0, max_new_tokens=4,
+                                          max_rows=4)
+    assert rows == [4, 4, 4, 3]                               # 15 rows, at most 4 per call
     assert [len(r) for r in results] == [5, 5, 5]
     assert all(s["correct"] == (s["response"] == gold) for r, gold in zip(results, ["7", "8", "8"]) for s in r)
 
 
-def test_quick_accuracy_counts_correct_samples_over_all_samples(coin):
-    model, tokenizer = evaluation.scope.load_model(str(coin), torch.float32, torch.device("cpu"))
-    rows = [{"problem": "3+4", "answer": "7"}, {"problem": "4+4", "answer": "8"}, {"problem": "5+2", "answer": "7"}]
-    acc = evaluation.quick_accuracy(model, tokenizer, rows, lambda rs: [r["problem"] for r in rs], n=2,
-                                    temperature=0.0, max_new_tokens=4)
-    assert acc == (4, 6)                                      # greedy always answers 7
+def test_greedy_samples_are_graded_against_each_problems_own_gold(coin):
+    model, tokenizer = load_model(str(coin), torch.float32, torch.device("cpu"))
+    results = evaluation.sample_and_grade(model, tokenizer, ["3+4", "4+4", "5+2"], ["7", "8", "7"], n=2,
+                                          stop=[tokenizer.eos_token_id], temperature=0.0, max_new_tokens=4)
+    assert [[s["correct"] for s in r] for r in results] == [[True, True], [False, False], [True, True]]  # always 7
 
 
 def test_torchrun_ranks_merge_into_the_single_process_summary(coin, bench, tmp_path):

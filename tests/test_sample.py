@@ -41,7 +41,7 @@ def test_tokenizer_ids_round_trip_through_save_and_autotokenizer(tokenizer, tmp_
 def test_left_padded_batch_gives_the_same_greedy_output_as_each_prompt_alone(tokenizer):
     model = tiny(tokenizer)
     prompts = ["1+2", "486+357\nPut your final answer within \\boxed{}.", "77+8"]
-    kw = dict(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=10)
+    kw = dict(stop=[tokenizer.eos_token_id], temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=10)
     batch = generate(model, tokenizer, prompts, 1, **kw)
     for i, p in enumerate(prompts):
         alone = generate(model, tokenizer, [p], 1, **kw)
@@ -52,7 +52,8 @@ def test_left_padded_batch_gives_the_same_greedy_output_as_each_prompt_alone(tok
 
 def test_group_rows_are_contiguous_and_responses_follow_the_prompt(tokenizer):
     model = tiny(tokenizer)
-    ro = generate(model, tokenizer, ["1+2", "33+44"], 3, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
+    ro = generate(model, tokenizer, ["1+2", "33+44"], 3, stop=[tokenizer.eos_token_id], temperature=1.0,
+                  top_p=1.0, top_k=0, max_new_tokens=8)
     assert ro.tokens.shape[0] == 6 and len(ro.texts) == 6
     prompt_len = ro.resp.any(0).nonzero().min().item()     # responses start where the prompts end
     assert not ro.resp[:, :prompt_len].any() and ro.resp[:, prompt_len].all()
@@ -65,7 +66,7 @@ def test_group_rows_are_contiguous_and_responses_follow_the_prompt(tokenizer):
 
 def test_checkpoint_generation_defaults_do_not_leak_into_rollouts(tokenizer):
     model = tiny(tokenizer)
-    kw = dict(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=10)
+    kw = dict(stop=[tokenizer.eos_token_id], temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=10)
     clean = generate(model, tokenizer, ["12+34"], 1, **kw)
     model.generation_config.repetition_penalty = 50.0
     model.generation_config.no_repeat_ngram_size = 1
@@ -80,7 +81,7 @@ def test_padding_rows_of_the_head_are_never_sampled(tokenizer):
         model.lm_head.weight[len(tokenizer):] = 0
         model.lm_head.weight[len(tokenizer):, 0] = 100.0  # huge logits for the padding rows
         model.model.norm.weight.fill_(1.0)
-    ro = generate(model, tokenizer, ["1+2", "3+4"], 4, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6)
+    ro = generate(model, tokenizer, ["1+2", "3+4"], 4, stop=[tokenizer.eos_token_id], temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6)
     assert ro.tokens.max() < len(tokenizer)
 
 
@@ -88,13 +89,13 @@ def test_truncated_responses_are_flagged(tokenizer):
     model = tiny(tokenizer)
     with torch.no_grad():
         model.lm_head.weight[tokenizer.eos_token_id] = -100 * model.lm_head.weight[tokenizer.eos_token_id].sign()
-    ro = generate(model, tokenizer, ["1+2"], 2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=5)
+    ro = generate(model, tokenizer, ["1+2"], 2, stop=[tokenizer.eos_token_id], temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=5)
     assert ro.truncated.all() and ro.resp.sum(1).tolist() == [5, 5]
 
 
 def scored_batch(tokenizer, model):
     ro = generate(model, tokenizer, ["1+2", "486+357\nPut your final answer within \\boxed{}."], 2,
-                  temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12)
+                  stop=[tokenizer.eos_token_id], temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12)
     return ro.tokens, ro.attn, ro.resp
 
 
