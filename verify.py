@@ -41,9 +41,8 @@ REL_TOL = 1e-6  # for values that are not exact rationals
 
 
 def grade(response: str, gold: str, fallback: bool = False) -> bool:
-    """Is the final answer of `response` (a bare answer is its own response) equivalent to
-    `gold`? `fallback` also takes the last number of an unmarked response: off for training,
-    where an unmarked answer should earn nothing; eval may turn it on."""
+    """Is the final answer of `response` (a bare answer is its own response) `gold`? `fallback`
+    also reads an unmarked response: off for training, where that should earn nothing."""
     answer = extract_answer(response, fallback)
     return answer is not None and is_equivalent(answer, gold)
 
@@ -243,16 +242,6 @@ def _command_at(s, i):
     return s[i + 1:k], k
 
 
-def _unicode_roots(s):
-    """√13 -> \\sqrt{13}: the radical sign covers the number after it."""
-    parts = s.split("\u221a")
-    out = parts[:1]
-    for part in parts[1:]:
-        k = len(part) - len(part.lstrip(_DIGITS + "."))
-        out.append("\\sqrt{" + part[:k] + "}" + part[k:] if k else "\\sqrt" + part)
-    return "".join(out)
-
-
 def _rewrite_commands(s):
     """One pass over backslash commands, replacing each as _COMMANDS says."""
     out, i = [], 0
@@ -297,7 +286,12 @@ def _resolve_text(s):
             out.append("\u00b0")
         elif depth == 0 and any(map(_is_letter, content)) and all(  # 'cm', 'm/s', not '(C)'
                 c.isalnum() or c in " /^.-" for c in content):
-            end = _scripts_end(s, j + 1)  # \text{cm}^2, \text{s}^{-1}, \text{M}_{\odot}
+            end = j + 1  # take the scripts too: \text{cm}^2, \text{s}^{-1}, \text{M}_{\odot}
+            while s.startswith(("^", "_"), end):
+                close = _match_brace(s, end + 1) if s.startswith("{", end + 1) else -2
+                if close == -1:
+                    break
+                end = close + 1 if close >= 0 else min(end + 2 + s.startswith("-", end + 1), n)
             content, j = content + s[j + 1:end], end - 1
             out.append("\x00")  # a placeholder, decided below
             words.append(content)
@@ -314,38 +308,18 @@ def _resolve_text(s):
     return s
 
 
-def _scripts_end(s, i):
-    """End of the powers and subscripts (^2, ^{-1}, _{\\odot}) that start at s[i], if any."""
-    while s.startswith(("^", "_"), i):
-        if s.startswith("{", i + 1):
-            end = _match_brace(s, i + 1) + 1
-            if end == 0:
-                return i
-            i = end
-        else:
-            i = min(i + 2 + s.startswith("-", i + 1), len(s))
-    return i
-
-
-def _is_unit_word(w):
-    """A plain word of two or more letters, not a function name: 'cm', 'inches^2', 'm/s^2'."""
-    if len(w) < 2:
-        return False
-    for part in w.rstrip(".").split("/"):
-        for power in ("^2", "^3", "^{2}", "^{3}", "^{-1}", "^-1"):
-            if part.endswith(power):
-                part = part[:-len(power)]
-        if not (part.isascii() and part.isalpha()) or part.lower() in _FUNCTIONS + ("pi",):
-            return False
-    return True
-
-
 def _drop_words(s):
     """'2 or 3' -> '2 , 3'; unit words after a number go ('5 cm' -> '5'); 'degrees' and
     'percent' become their signs."""
     words = ["," if w in ("and", "or") else w for w in s.split(" ")]
     units = []
-    while len(words) > 1 and _is_unit_word(words[-1]):
+    while len(words) > 1 and len(words[-1]) > 1:  # a unit: 'cm', 'inches^2', 'm/s^2', not 'sin'
+        parts = [part for part in words[-1].rstrip(".").split("/")]
+        for power in ("^2", "^3", "^{2}", "^{3}", "^{-1}", "^-1"):
+            parts = [part[:-len(power)] if part.endswith(power) else part for part in parts]
+        if not all(p.isascii() and p.isalpha() and p.lower() not in _FUNCTIONS + ("pi",)
+                   for p in parts):
+            break
         units.append(words.pop())
     if not units or not any(c.isdigit() for w in words for c in w):
         return " ".join(words + units[::-1])
@@ -378,7 +352,11 @@ def _without_thousands(s):
 @functools.lru_cache(maxsize=4096)
 def _readings(answer):
     """The canonical ways to read a bare answer: '50%' may mean 50 or 0.5, '90°' 90 or pi/2."""
-    s = _rewrite_commands(_unicode_roots(answer).translate(_UNICODE)).replace("$", "")
+    parts = answer.split("\u221a")  # √13 is \sqrt{13}: the radical covers the number after it
+    for k, part in enumerate(parts[1:], 1):
+        end = len(part) - len(part.lstrip(_DIGITS + "."))
+        parts[k] = "\\sqrt{" + part[:end] + "}" + part[end:] if end else "\\sqrt" + part
+    s = _rewrite_commands("".join(parts).translate(_UNICODE)).replace("$", "")
     s = _drop_words(" ".join(_resolve_text(s).split()))
     for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
                      ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", "")):
@@ -426,16 +404,9 @@ def _name_suffix(s, i, name):
     return name, i
 
 
-def _number_end(s, i):
-    """End of the number literal starting at s[i]: 12, 3.5, .25, 1., 4.5e33, 1e-3."""
-    digits_end = lambda j: len(s) - len(s[j:].lstrip(_DIGITS))  # noqa: E731
-    j = digits_end(i)
-    if s.startswith(".", j):
-        j = digits_end(j + 1)
-    if s.startswith(("e", "E"), j):
-        k = j + 1 + s.startswith(("+", "-"), j + 1)
-        if k < len(s) and s[k] in _DIGITS:
-            j = digits_end(k)
+def _digits_end(s, j):
+    while j < len(s) and s[j] in _DIGITS:
+        j += 1
     return j
 
 
@@ -448,7 +419,12 @@ def _tokenize(s):
         if c == " ":
             i += 1
         elif c in _DIGITS or (c == "." and i + 1 < n and s[i + 1] in _DIGITS):
-            j = _number_end(s, i)
+            j = _digits_end(s, i)
+            if s.startswith(".", j):  # 12, 3.5, .25, 1.
+                j = _digits_end(s, j + 1)
+            k = j + 1 + s.startswith(("+", "-"), j + 1)
+            if s.startswith(("e", "E"), j) and k < n and s[k] in _DIGITS:  # 4.5e33, 1e-3
+                j = _digits_end(s, k)
             text = s[i:j].lower()
             if "." in text and s.startswith("\\overline{", j):  # 0.1\overline{6} repeats the 6
                 k = _match_brace(s, j + 9)
@@ -971,19 +947,6 @@ def _matrix(s, depth):
                             for r in rows))
 
 
-def _items(x):
-    return x[1] if x[0] in ("list", "set") else (x,)
-
-
-def _vector(x):
-    """The entries of a one-row or one-column matrix or of a tuple, else None."""
-    if x[0] == "seq":
-        return x[3]
-    if x[0] == "matrix" and (len(x[1]) == 1 or all(len(row) == 1 for row in x[1])):
-        return tuple(c for row in x[1] for c in row)
-    return None
-
-
 def _same_items(ps, gs, ordered):
     """Do two sequences of structures match one to one, in order or in any order?"""
     if len(ps) != len(gs):
@@ -1052,7 +1015,8 @@ def _same(p, g):
         return True
     kinds = (p[0], g[0])
     if "list" in kinds or "set" in kinds:
-        return _same_items(_items(p), _items(g), ordered=False)
+        items = [x[1] if x[0] in ("list", "set") else (x,) for x in (p, g)]
+        return _same_items(*items, ordered=False)
     if kinds == ("seq", "seq"):
         return p[1] == g[1] and p[2] == g[2] and _same_items(p[3], g[3], ordered=True)
     if kinds == ("union", "union"):
@@ -1060,9 +1024,10 @@ def _same(p, g):
     if kinds == ("matrix", "matrix"):
         return len(p[1]) == len(g[1]) and all(
             _same_items(a, b, ordered=True) for a, b in zip(p[1], g[1]))
-    if "matrix" in kinds and "seq" in kinds:  # a column vector written as a tuple
-        a, b = _vector(p), _vector(g)
-        return a is not None and b is not None and _same_items(a, b, ordered=True)
+    if "matrix" in kinds and "seq" in kinds:  # a one-row or one-column matrix written as a tuple
+        seq, rows = (p, g[1]) if p[0] == "seq" else (g, p[1])
+        vector = len(rows) == 1 or all(len(row) == 1 for row in rows)
+        return vector and _same_items(seq[3], tuple(c for row in rows for c in row), ordered=True)
     if "rel" in kinds:
         return _same_relation(p, g)
     if kinds == ("expr", "expr"):
@@ -1076,11 +1041,8 @@ def _choice(s):
     s = "".join(c for c in s.upper() if c not in " {}")
     if sum("(" + letter + ")" in s for letter in "ABCDE") > 1:
         return ""
-    if len(s) >= 3 and s[0] == "(" and s[2] == ")" and s[1] in "ABCDE":
-        return s[1]
-    if s[:1] in ("A", "B", "C", "D", "E") and (len(s) == 1 or s[1] in "):."):
-        return s[0]
-    return ""
+    s = s[1:] if s[:1] == "(" and s[2:3] == ")" else s
+    return s[0] if s[:1] in tuple("ABCDE") and (len(s) == 1 or s[1] in "):.") else ""
 
 
 # ---------------------------------------------------------------------------------------------
