@@ -1,0 +1,229 @@
+"""
+Memory plan: the estimated peak memory per GPU of each phase of one SCOPE step, before launch.
+
+    python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --gpus 8 --gpu-memory-gb 80 --plan
+
+Reads only the two models' config.json (a local directory works offline) and counts parameters by
+building each model on the meta device: no weights are loaded, nothing touches a GPU. Decimal GB.
+
+What the estimate assumes (scope.py's step; P = parameters, n = gpus, T = tokens of a micro-batch):
+- One GPU: the student keeps fp32 weights and AdamW's two fp32 states (12 B/P) and, during the
+  update only, fp32 grads (4 B/P; `zero_grad(set_to_none=True)` frees them). It computes under bf16
+  autocast, whose cache holds a bf16 copy of the weights (2 B/P) while generating and updating. The
+  embedding output is fp32, so RoPE's cos/sin are fp32 and the KV cache is fp32 (K after RoPE is
+  fp32 and the cache's first K fixes the dtype of both): 4 bytes per value, twice what
+  `rows_per_call` sizes a call for. The residual stream is fp32.
+- n > 1 (FSDP2, per decoder layer, then the root): the student's 16 B/P are divided by n. Forward
+  and backward hold two decoder layers (one prefetched) and the root (embeddings, head) gathered in
+  bf16, plus one layer's unsharded fp32 grads in backward; generation holds the whole student
+  gathered in bf16. Everything runs in bf16: KV cache and residual stream 2 bytes. The teacher (bf16,
+  frozen) is sharded the same way when shard_teacher, otherwise replicated whole on every GPU.
+- Each GPU holds B/n prompts x G rollouts. Generation runs `rows_per_call` rows per call, each row
+  max_prompt_tokens + max_new_tokens wide; its peak is the larger of the prefill (prompt KV, one
+  layer's activations over rows x prompt tokens, the padding mask) and the last decode step (the full
+  KV, one layer's K and V expanded to all query heads by `repeat_kv`, and 4 fp32 copies of the
+  (rows x vocab) logits while sampling).
+- Micro-batches hold whole groups: max(G, micro_batch_tokens // width // G * G) rows x width tokens.
+  Prompts are left-padded, so HF builds a (rows, 1, width, width) bool mask and SDPA a bf16 copy of it
+  in every attention call (3 bytes per entry; sdpa's memory-efficient kernel, not the math one).
+- Teacher scoring (no grad): the residual stream, one layer's live tensors (the MLP's or attention's,
+  whichever is larger) and the mask; only the last hidden state reaches the head.
+- Update: with gradient_checkpointing, every decoder layer's input (the residual stream) plus one
+  layer's activations while it is recomputed, and the residual stream's gradients; without it, every
+  layer's activations and mask copy. Per-layer activations, bytes per token, counted op by op:
+  norms 2 (r + 4) H, casts to bf16 before the projections 2 a H (only when r != a), q/k/v a (q + 2 kv),
+  RoPE r (q + kv), SDPA with K and V expanded 4 a q (plus a (q + kv) casts when r != a), o_proj a H,
+  MLP 4 a I  (r residual bytes, a compute bytes, q and kv the query and KV widths). Counting autograd's
+  saved tensors on CPU for small Qwen2 layers gives 0 to 9% less.
+- The log-prob head: `logprob_chunk_tokens` response tokens at a time in fp32 over the full head,
+  2 copies of (chunk x vocab x 4 bytes) without grad and 4 in backward, plus an fp32 copy of a bf16
+  head's weight (and its grad for the FSDP student), while the last hidden state and the packed
+  response positions (and for the student, every checkpointed layer input) are alive.
+Not counted: the CUDA context and allocator fragmentation (keep about 10% free), the tokenizer's data,
+activations of the quick eval (its generate calls are smaller than training's).
+"""
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from sample import kv_bytes_per_token, resolve, rows_per_call
+
+GB = 1e9
+SAMPLING_LOGIT_COPIES = 4     # fp32 logits, tempered, top-k/top-p filtered, probabilities
+HEAD_COPIES_NO_GRAD = 2       # logits, log_softmax
+HEAD_COPIES_GRAD = 4          # the same recomputed in backward, and their gradients
+
+
+@dataclass
+class Shape:
+    """What the plan needs from one model: parameter counts (from the meta model) and widths."""
+    name: str
+    config: object            # the transformers config
+    params: int               # every parameter once (a tied head counted once)
+    layer_params: int         # one decoder layer
+    root_params: int          # embeddings, final norm, head: FSDP's root unit
+    hidden: int               # H
+    intermediate: int         # I
+    q_width: int              # query heads x head dim
+    kv_width: int             # KV heads x head dim
+    layers: int
+    head_rows: int            # rows of the LM head (the vocabulary it projects onto)
+
+
+def read_shape(role: str, name: str) -> Shape:
+    """config.json of `name` (a local directory or a hub name), counted on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"plan: cannot read the {role}'s configuration {name!r} (as {path!r}): {e}\n"
+                 f"The plan needs only config.json: pass a local directory holding it, e.g. --{role} /models/x")
+    try:
+        with torch.device("meta"):                  # shapes only: no memory, no weights
+            model = AutoModelForCausalLM.from_config(config)
+        layers = model.get_decoder().layers
+    except (ValueError, AttributeError, KeyError) as e:
+        sys.exit(f"plan: the {role} {name!r} is a {type(config).__name__}, not a decoder-only causal LM "
+                 f"with .layers the plan can count: {e}")
+    c = config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    params = sum(p.numel() for p in model.parameters())
+    layer_params = sum(p.numel() for p in layers[0].parameters())
+    return Shape(name=name, config=config, params=params, layer_params=layer_params,
+                 root_params=params - len(layers) * layer_params, hidden=c.hidden_size,
+                 intermediate=c.intermediate_size, q_width=c.num_attention_heads * head_dim,
+                 kv_width=(getattr(c, "num_key_value_heads", None) or c.num_attention_heads) * head_dim,
+                 layers=len(layers), head_rows=model.get_output_embeddings().weight.shape[0])
+
+
+def layer_activations(m: Shape, r: int, a: int) -> int:
+    """Bytes per token one decoder layer saves for backward (r: residual bytes, a: compute bytes)."""
+    H, q, kv = m.hidden, m.q_width, m.kv_width
+    casts = (2 * a * H + a * (q + kv)) if r != a else 0
+    return 2 * (r + 4) * H + casts + a * (q + 2 * kv) + r * (q + kv) + 4 * a * q + a * H + 4 * a * m.intermediate
+
+
+def layer_live(m: Shape, r: int, a: int) -> int:
+    """Bytes per token alive at once inside one decoder layer without grad: the residual stream and
+    the larger of attention (q, k, v, after RoPE, K and V expanded, output) and the MLP (3 of I)."""
+    q, kv = m.q_width, m.kv_width
+    return 3 * r * m.hidden + max(a * (q + 2 * kv) + r * (q + kv) + 3 * a * q, 3 * a * m.intermediate)
+
+
+def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
+    """Per-GPU GB of each phase: ([(phase, GB, field to change, what it counts)], sizes of the step)."""
+    n = cfg.gpus
+    sharded = n > 1
+    a = 2 if cfg.dtype == "bfloat16" else 4            # compute bytes
+    r = a if sharded else 4                            # student's residual stream: fp32 under autocast
+    width = cfg.max_prompt_tokens + cfg.max_new_tokens
+    rollouts = cfg.batch_size // n * cfg.group_size    # this GPU's rows
+    S, Tt = student.params, teacher.params
+    shard_teacher = sharded and cfg.shard_teacher
+
+    # ---- held all step: student weights + AdamW (grads only in the update), teacher weights
+    student_held = 12 * S / n
+    teacher_held = a * Tt / (n if shard_teacher else 1)
+    held = student_held + teacher_held
+    grads = 4 * S / n
+    # bf16 student weights: gathered by FSDP, or autocast's cache of casts on one GPU
+    student_copy = a * S if sharded else (2 * S if a == 2 else 0)
+
+    def gathered(m: Shape) -> float:                   # FSDP: two layers and the root, in compute dtype
+        return a * (2 * m.layer_params + m.root_params)
+
+    # ---- generation: rows_per_call rows at a time; the trainer sizes calls with `a` bytes per value
+    rows = min(rollouts, rows_per_call(cfg.rollout_kv_gb, kv_bytes_per_token(student.config, a), width))
+    calls = -(-rollouts // rows)
+    kv_value = a if sharded else 4                     # one GPU: fp32 K after RoPE makes the cache fp32
+    kv_token = kv_bytes_per_token(student.config, kv_value)
+    kv = rows * width * kv_token
+    expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width else 0
+    decode = kv + expanded + SAMPLING_LOGIT_COPIES * rows * student.head_rows * 4
+    P = cfg.max_prompt_tokens
+    prefill = rows * P * (kv_token + layer_live(student, r, a)) + rows * P * P * (1 + a)
+    generation = held + student_copy + max(decode, prefill)
+
+    # ---- micro-batches of whole groups, as scope.micro_batches
+    mb_rows = min(rollouts, max(cfg.group_size, cfg.micro_batch_tokens // width // cfg.group_size * cfg.group_size))
+    T = mb_rows * width
+    mask = mb_rows * width * width                     # entries of the (rows, 1, width, width) mask
+
+    # ---- teacher scoring: no grad, only the last hidden state kept
+    teacher_on = gathered(teacher) if shard_teacher else 0
+    scoring = held + teacher_on + T * layer_live(teacher, a, a) + mask * (1 + a)
+
+    # ---- update: the student with grad
+    student_on = (gathered(student) + 4 * student.layer_params) if sharded else student_copy
+    base = held + grads + student_on
+    if cfg.gradient_checkpointing:
+        saved = student.layers * T * r * student.hidden
+        body = saved + T * layer_activations(student, r, a) + mask * (1 + a)
+    else:
+        saved = student.layers * (T * layer_activations(student, r, a) + mask * a)
+        body = saved + mask
+    update = base + body + 2 * T * r * student.hidden  # + the residual stream's gradients
+
+    # ---- the log-prob head: the last hidden state, the packed response positions, chunks of fp32 logits
+    chunk = min(cfg.logprob_chunk_tokens, T)
+    t_head = (teacher.head_rows * teacher.hidden * 4 if a != 4 else 0)  # fp32 copy of a bf16 head
+    s_head = (2 * student.head_rows * student.hidden * 4) if sharded and a != 4 else 0  # and its grad
+    head_teacher = (held + teacher_on + 2 * T * a * teacher.hidden + t_head
+                    + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4)
+    head_student = (base + saved + 2 * T * r * student.hidden + T * 4 * student.hidden + s_head
+                    + HEAD_COPIES_GRAD * chunk * student.head_rows * 4)
+    head = max(head_teacher, head_student)
+
+    phases = [
+        ("weights + optimizer state", (16 * S) / n + teacher_held, "gpus",
+         f"student {16 / n:g} B/param, teacher {a / (n if shard_teacher else 1):g} B/param"),
+        ("generation", generation, "rollout_kv_gb",
+         f"{rows} rows/call x {calls} call{'s' * (calls > 1)}; KV {kv / GB:.1f} GB of one call"),
+        ("teacher scoring", scoring, "micro_batch_tokens or shard_teacher",
+         f"{mb_rows} rows x {width} tokens; mask {mask * (1 + a) / GB:.1f} GB"),
+        ("update", update, "micro_batch_tokens or gradient_checkpointing",
+         f"{mb_rows} rows x {width} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"),
+        ("log-prob chunk", head, "logprob_chunk_tokens",
+         f"{chunk} tokens x {max(student.head_rows, teacher.head_rows)} rows of fp32 logits"),
+    ]
+    sizes = dict(rows=rows, calls=calls, kv_gb=kv / GB, kv_token=kv_token, mb_rows=mb_rows, width=width,
+                 rollouts=rollouts, kv_value=kv_value)
+    return [(name, gb / GB, field, what) for name, gb, field, what in phases], sizes
+
+
+def millions(count: int) -> str:
+    return f"{count / 1e6:,.1f}M" if count < 1e8 else f"{count / 1e9:.2f}B"
+
+
+def print_plan(cfg) -> bool:
+    """Print the plan as a markdown table; True when every phase fits in gpu_memory_gb."""
+    for field in ("gpus", "gpu_memory_gb", "rollout_kv_gb", "batch_size", "group_size", "micro_batch_tokens",
+                  "logprob_chunk_tokens"):
+        if not getattr(cfg, field) > 0:
+            sys.exit(f"plan: {field} must be positive, got {getattr(cfg, field)!r}")
+    if cfg.batch_size % cfg.gpus:
+        sys.exit(f"plan: batch_size {cfg.batch_size} must be divisible by gpus ({cfg.gpus})")
+    student, teacher = read_shape("student", cfg.student), read_shape("teacher", cfg.teacher)
+    phases, s = estimate(cfg, student, teacher)
+    setup = "one GPU, bf16 autocast" if cfg.gpus == 1 else \
+        f"FSDP2, teacher {'sharded' if cfg.shard_teacher else 'replicated'}"
+    print(f"memory plan: {cfg.gpus} x {cfg.gpu_memory_gb:g} GB ({setup}); student {student.name} "
+          f"({millions(student.params)} params), teacher {teacher.name} ({millions(teacher.params)} params)")
+    print(f"per GPU: {cfg.batch_size // cfg.gpus} prompts x {cfg.group_size} = {s['rollouts']} rollouts of "
+          f"{cfg.max_prompt_tokens} + {cfg.max_new_tokens} tokens; KV {s['kv_token'] / 1e3:.1f} KB/token "
+          f"({s['kv_value']} bytes per value)\n")
+    print(f"| phase | GB per GPU | of {cfg.gpu_memory_gb:g} GB | sized by | counts |")
+    print("|---|---:|---:|---|---|")
+    for name, gb, field, what in phases:
+        print(f"| {name} | {gb:.1f} | {gb / cfg.gpu_memory_gb:.0%} | {field} | {what} |")
+    peak_name, peak = max(((name, gb) for name, gb, _, _ in phases), key=lambda p: p[1])
+    print(f"| peak | {peak:.1f} | {peak / cfg.gpu_memory_gb:.0%} | | {peak_name} |\n")
+    over = [(name, gb, field) for name, gb, field, _ in phases if gb > cfg.gpu_memory_gb]
+    for name, gb, field in over:
+        print(f"DOES NOT FIT: {name} needs {gb:.1f} GB of {cfg.gpu_memory_gb:g}: change {field}")
+    if not over:
+        print(f"fits: peak {peak:.1f} GB ({peak_name}), {cfg.gpu_memory_gb - peak:.1f} GB free per GPU")
+    return not over

@@ -1,0 +1,135 @@
+"""plan.py: the memory plan is read from config.json alone, and its numbers add up by hand."""
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+import plan
+from conftest import ROOT
+
+# Tiny Qwen2: H 32, I 64, 4 heads x 8 dims, 2 KV heads, 2 layers, 100 vocabulary rows.
+H, I, LAYERS, KV_HEADS, HEAD_DIM, VOCAB = 32, 64, 2, 2, 8, 100
+
+
+def save_config(path, **overrides):
+    shape = dict(vocab_size=VOCAB, hidden_size=H, intermediate_size=I, num_hidden_layers=LAYERS,
+                 num_attention_heads=4, num_key_value_heads=KV_HEADS, tie_word_embeddings=True)
+    Qwen2Config(**{**shape, **overrides}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return SimpleNamespace(
+        student=save_config(tmp_path / "student"), teacher=save_config(tmp_path / "teacher", hidden_size=64, num_hidden_layers=8),
+        batch_size=8, group_size=4, max_prompt_tokens=16, max_new_tokens=48, micro_batch_tokens=512,
+        logprob_chunk_tokens=64, gradient_checkpointing=True, dtype="bfloat16", shard_teacher=True,
+        rollout_kv_gb=1e-4, gpus=1, gpu_memory_gb=80.0)
+
+
+def phases(cfg) -> dict[str, float]:
+    student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
+    return {name: gb for name, gb, _, _ in plan.estimate(cfg, student, teacher)[0]}
+
+
+def test_no_weights_are_loaded(cfg, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan loaded weights")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    assert plan.print_plan(cfg)
+    assert "| peak |" in capsys.readouterr().out
+
+
+def test_parameter_counts_match_the_model_by_hand(cfg):
+    embed = VOCAB * H                                               # tied: the head is the embedding
+    attention = H * H + H + 2 * (H * KV_HEADS * HEAD_DIM + KV_HEADS * HEAD_DIM) + H * H  # q, k, v biased; o
+    layer = attention + 3 * H * I + 2 * H                           # MLP, two norms
+    shape = plan.read_shape("student", cfg.student)
+    assert shape.layer_params == layer
+    assert shape.params == embed + LAYERS * layer + H               # + final norm
+    assert shape.root_params == embed + H
+
+
+def test_kv_of_one_call_is_rows_times_tokens_times_kv_bytes(cfg):
+    cfg.gpus, cfg.batch_size = 2, 8                                  # FSDP: the cache is bf16
+    per_token = 2 * LAYERS * KV_HEADS * HEAD_DIM * 2                 # K and V, 2 layers, 2 heads, 8 dims, 2 bytes
+    width = 16 + 48
+    cfg.rollout_kv_gb = 3.5 * per_token * width / 1e9               # room for three and a half rows
+    student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
+    _, sizes = plan.estimate(cfg, student, teacher)
+    assert sizes["kv_token"] == per_token == 128
+    assert sizes["rows"] == 3 and sizes["calls"] == 6                # 4 prompts x 4 rollouts per GPU, 3 at a time
+    assert sizes["kv_gb"] * 1e9 == pytest.approx(3 * width * per_token, abs=1e-3)
+
+
+def test_one_gpu_caches_kv_in_fp32_twice_what_the_calls_are_sized_for(cfg):
+    per_token = 2 * LAYERS * KV_HEADS * HEAD_DIM * 4                 # fp32: 4 bytes per value
+    cfg.rollout_kv_gb = 2.5 * (per_token // 2) * 64 / 1e9            # two and a half rows at 2 bytes per value
+    student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
+    _, sizes = plan.estimate(cfg, student, teacher)
+    assert sizes["rows"] == 2 and sizes["kv_token"] == per_token == 256
+    assert sizes["kv_gb"] * 1e9 == pytest.approx(2 * 64 * 256, abs=1e-3)   # twice the 2-byte sizing
+
+
+def test_weights_and_optimizer_state_divide_by_the_gpus(cfg):
+    one = phases(cfg)["weights + optimizer state"]
+    cfg.gpus = 4
+    assert phases(cfg)["weights + optimizer state"] == pytest.approx(one / 4)
+    student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
+    assert one * 1e9 == pytest.approx(16 * student.params + 2 * teacher.params)
+
+
+def test_a_replicated_teacher_costs_more_than_a_sharded_one(cfg):
+    cfg.gpus = 4
+    sharded = phases(cfg)
+    replicated = phases(replace_ns(cfg, shard_teacher=False))
+    for phase in ("weights + optimizer state", "teacher scoring", "generation", "update"):
+        assert replicated[phase] > sharded[phase], phase
+
+
+def test_checkpointing_costs_less_than_keeping_every_activation(cfg):
+    assert phases(cfg)["update"] < phases(replace_ns(cfg, gradient_checkpointing=False))["update"]
+
+
+def replace_ns(ns, **changes):
+    return SimpleNamespace(**{**vars(ns), **changes})
+
+
+@pytest.mark.parametrize("changes, phase, field", [
+    (dict(rollout_kv_gb=100.0, max_new_tokens=4000, batch_size=64), "generation", "rollout_kv_gb"),
+    (dict(logprob_chunk_tokens=4096, micro_batch_tokens=4096), "log-prob chunk", "logprob_chunk_tokens"),
+])
+def test_a_phase_that_does_not_fit_names_its_field(cfg, tmp_path, capsys, changes, phase, field):
+    cfg = replace_ns(cfg, **changes)
+    if field == "logprob_chunk_tokens":                              # a large vocabulary: the head dominates
+        cfg.student = save_config(tmp_path / "wide", vocab_size=50_000)
+    gb = phases(cfg)
+    largest, second = sorted(gb.values())[-1], sorted(gb.values())[-2]
+    assert gb[phase] == largest
+    cfg.gpu_memory_gb = (largest + second) / 2                       # only the largest phase is over
+    assert not plan.print_plan(cfg)
+    over = [line for line in capsys.readouterr().out.splitlines() if line.startswith("DOES NOT FIT")]
+    assert len(over) == 1 and phase in over[0] and over[0].endswith(field)
+
+
+def test_an_unreadable_config_names_the_model_and_what_was_expected(cfg, tmp_path):
+    cfg.teacher = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        plan.print_plan(cfg)
+    assert "teacher" in str(e.value) and "empty" in str(e.value) and "config.json" in str(e.value)
+
+
+def test_the_shipped_configs_fit_their_gpus_with_ten_percent_free(monkeypatch, tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import plans
+    for name, config in plans.MODELS.items():
+        config.save_pretrained(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    for path, (gpus, memory) in plans.SHIPPED.items():
+        cfg = plans.shipped_plan_config(path, gpus, memory)
+        assert max(phases(cfg).values()) <= 0.9 * memory, path
+    paper = yaml.safe_load((ROOT / "configs/r1-distill-1.5b_skywork-7b.yaml").read_text())
+    assert (paper["batch_size"], paper["group_size"], paper["max_new_tokens"]) == (256, 8, 12288)
