@@ -3,7 +3,9 @@
     python bench/bench_verify.py
 
 Prints each checker's accuracy against the labels, overall and by category, the cases where the
-two disagree, and the time per call of each with their ratio.
+two disagree, and the time per call of each with their ratio. Then the same for the conventions
+set of tests/verify_conventions.py (issue 13), graded by verify.py strict, verify.py with
+`fallback=True` and Math-Verify, with each one's false positives (accepted, label False).
 
 Math-Verify (`pip install math-verify`) is a bench-only dependency; without it the script still
 reports verify.py's own numbers. It is called as its README shows, `verify(parse(gold),
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import verify  # noqa: E402
 from verify_cases import CASES  # noqa: E402
+from verify_conventions import CASES as CONVENTIONS  # noqa: E402
 
 PASSES = 3
 
@@ -58,17 +61,42 @@ def math_verify_checker():
     return grade
 
 
-def run(checker, clear_caches):
-    """(verdicts, seconds per call) of the best of PASSES passes over the table."""
+def run(checker, clear_caches, cases=CASES):
+    """(verdicts, seconds per call) of the best of PASSES passes over the cases."""
     best = float("inf")
     for _ in range(PASSES):
         if clear_caches:
             for cached in (verify._readings, verify._structure, verify._values):
                 cached.cache_clear()
         start = time.perf_counter()
-        verdicts = [checker(response, gold) for _, response, gold, _ in CASES]
-        best = min(best, (time.perf_counter() - start) / len(CASES))
+        verdicts = [checker(case[1], case[2]) for case in cases]
+        best = min(best, (time.perf_counter() - start) / len(cases))
     return verdicts, best
+
+
+def conventions(mv):
+    """The conventions set: right answers and false positives of each checker. The strict mode
+    is right to refuse a true answer that nothing marks; the others are held to the truth."""
+    print(f"\nconventions set, {len(CONVENTIONS)} cases, {sum(c[3] for c in CONVENTIONS)} "
+          f"equivalent, {sum(c[3] and not c[4] for c in CONVENTIONS)} of them unmarked prose")
+    checkers = [("verify.py strict", ours, [c[3] and c[4] for c in CONVENTIONS]),
+                ("verify.py fallback", lambda r, g: verify.grade(r, g, fallback=True),
+                 [c[3] for c in CONVENTIONS])]
+    if mv is not None:
+        checkers.append(("Math-Verify", mv, [c[3] for c in CONVENTIONS]))
+    times = {}
+    for name, checker, labels in checkers:
+        verdicts, times[name] = run(checker, name != "Math-Verify", CONVENTIONS)
+        right = sum(v == label for v, label in zip(verdicts, labels))
+        false_pos = sum(v and not c[3] for v, c in zip(verdicts, CONVENTIONS))
+        print(f"{name:20s} right {right}/{len(labels)}   false positives {false_pos}"
+              f"   {times[name] * 1e6:8.1f} us per call")
+        for v, label, case in zip(verdicts, labels, CONVENTIONS):
+            if v != label:
+                print(f"    {case[0]:12s} label {label!s:5s} | {case[1]!r} | {case[2]!r}")
+    if mv is not None:
+        ratio = times["Math-Verify"] / times["verify.py fallback"]
+        print(f"verify.py (fallback) is {ratio:.0f}x faster on this set")
 
 
 def report(name, verdicts):
@@ -85,6 +113,7 @@ def main():
     if mv is None:
         print("\nMath-Verify is not installed: pip install math-verify  (bench-only dependency)")
         print(f"verify.py    {our_time * 1e6:8.1f} us per call")
+        conventions(None)
         return
     mv_verdicts, mv_time = run(mv, clear_caches=False)
     mv_right = report("Math-Verify", mv_verdicts)
@@ -106,6 +135,7 @@ def main():
     print(f"\nverify.py    {our_time * 1e6:8.1f} us per call")
     print(f"Math-Verify  {mv_time * 1e6:8.1f} us per call")
     print(f"verify.py is {mv_time / our_time:.0f}x faster")
+    conventions(mv)
 
 
 if __name__ == "__main__":

@@ -237,3 +237,21 @@ def test_cli_without_a_gold_answer_prints_usage_and_fails():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "usage" in out.stderr
+
+
+# --- the conventions set of issue 13 (tests/verify_conventions.py) ----------------------------
+
+
+def test_conventions_set_has_positives_and_negatives_for_every_convention():
+    from verify_conventions import CASES as CONVENTIONS
+    for convention in {case[0] for case in CONVENTIONS}:
+        labels = {case[3] for case in CONVENTIONS if case[0] == convention}
+        assert labels == {True, False}, convention
+
+
+def test_no_negative_of_the_conventions_set_is_accepted_in_either_mode():
+    from verify_conventions import CASES as CONVENTIONS
+    for _, response, gold, expected, _ in CONVENTIONS:
+        if not expected:
+            assert verify.grade(response, gold) is False, (response, gold)
+            assert verify.grade(response, gold, fallback=True) is False, (response, gold)
