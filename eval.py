@@ -1,6 +1,8 @@
 """
 Measure a model on math benchmarks: sample n answers per problem, grade each with verify.grade,
 and report Avg@n and Pass@k per benchmark and their macro average, as in the paper's Table 1.
+It also holds the measuring side of a training run, which scope.py calls: the quick eval, a step's
+numbers for metrics.jsonl, the run's curves (curves.png) and the experiment tracker.
 
   python eval.py --model runs/scope                           # the paper's six benchmarks and sampling
   python eval.py --model Qwen2.5-0.5B --benchmarks math500,gsm8k --n 4 --k 1,2,4 --limit 100
@@ -23,7 +25,9 @@ Rerunning with the same output directory resumes: finished problems are read bac
   python eval.py --plot-run runs/toy     # draw a training run's curves (curves.png) and exit
 """
 import argparse
+import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -36,9 +40,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from transformers.hf_argparser import string_to_bool
-from transformers.utils import logging as hf_logging
 
-from sample import PROMPT_SUFFIX, build_prompt, generate, load_model, load_rows, resolve, setup_distributed, stop_ids
+from sample import (PROMPT_SUFFIX, all_sum, build_prompt, fail, generate, load_model, load_rows, quiet_libraries, resolve,
+                    setup_distributed, stop_ids)
 from verify import extract_answer, grade
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -369,6 +373,68 @@ def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str
         plt.close(fig)
 
 
+# -----------------------------------------------------------------------------
+# Training runs: the quick eval, a step's numbers, the curves, the tracker (scope.py calls these)
+
+def held_out_accuracy(model, tokenizer, rows: list[dict], *, n: int, rank: int, world: int, **sampling) -> float:
+    """Fraction of correct samples over rows ({prompt, answer}), each rank sampling rows[rank::world]:
+    the trainer's quick eval, graded strictly as its training reward is."""
+    mine = rows[rank::world]
+    results = sample_and_grade(model, tokenizer, [r["prompt"] for r in mine], [r["answer"] for r in mine], n=n,
+                               fallback=False, **sampling)
+    return all_sum(sum(s["correct"] for samples in results for s in samples), world) / (len(rows) * n)
+
+
+def gather_rollouts(infos: list[dict], ro, correct, group, world: int) -> dict:
+    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation."""
+    roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
+            for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
+    roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
+                loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
+                loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, roll)
+        roll = {k: torch.cat([p[k] for p in parts]) for k in roll}
+    return roll
+
+
+def step_metrics(roll: dict, group_size: int) -> dict:
+    """Per-step numbers that tell whether training does something (README, Metrics)."""
+    per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
+    loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
+    out = {"loss": loss_mle + loss_opd, "loss_mle": loss_mle, "loss_opd": loss_opd,
+           "frac_correct": per_group.mean().item(),
+           "frac_all_correct": (per_group == 1).all(1).float().mean().item(),
+           "frac_all_wrong": (per_group == 0).all(1).float().mean().item(),
+           "frac_truncated": roll["truncated"].float().mean().item(),
+           "response_len": roll["n_tokens"].mean().item(),
+           "kl": (roll["kl_sum"].sum() / roll["n_tokens"].sum().clamp(min=1)).item(),
+           "ppl_student": roll["nll_student"].exp().mean().item(),
+           "ppl_teacher": roll["nll_teacher"].exp().mean().item()}
+    group, weight = roll["group"], roll["weight"]
+    for path, member in (("mle", roll["mle"]), ("opd", ~roll["mle"])):
+        entropies = []
+        for g in group[member].unique():
+            p = weight[member & (group == g)]
+            if len(p) > 1:  # normalised entropy of one subset's weights: 1 = uniform
+                p = p / p.sum()
+                entropies.append((-(p * p.clamp(min=1e-30).log()).sum() / math.log(len(p))).item())
+        w = weight[member]
+        out[f"w_{path}_min"] = w.min().item() if len(w) else None
+        out[f"w_{path}_max"] = w.max().item() if len(w) else None
+        out[f"w_{path}_entropy"] = sum(entropies) / len(entropies) if entropies else None
+    return out
+
+
+def append_eval(run_dir: Path, step: int, accuracy: float, what: str):
+    """One quick-eval result: a line of eval.jsonl, a line on the console, the run's curves redrawn."""
+    with open(run_dir / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "eval_accuracy": accuracy}) + "\n")
+    tqdm.write(f"step {step}: held-out accuracy {accuracy:.1%} ({what})")
+    plot_run(run_dir)
+
+
 # The panels of a training run's picture: (title, [(metrics.jsonl key, label)]).
 CURVES = [("loss of each path", [("loss_mle", "MLE (correct)"), ("loss_opd", "reverse KL (wrong)")]),
           ("rollouts graded correct", [("frac_correct", "fraction correct")]),
@@ -415,10 +481,35 @@ def plot_run(run_dir: Path) -> Path | None:
     return path
 
 
+TRACKERS = {"wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio"),
+            "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
+
+
+def open_tracker(name: str, run_dir: Path, config: dict):
+    """log(numbers, step) for the experiment tracker `name` (none, wandb, tensorboard, trackio), imported
+    only when asked for."""
+    if name == "none":
+        return lambda numbers, step: None
+    module, package = TRACKERS[name]
+    try:
+        tracker = importlib.import_module(module)
+    except ImportError:
+        fail(f"--report-to {name}: the package is not installed (pip install {package})")
+    if name == "tensorboard":
+        writer = tracker.SummaryWriter(str(run_dir / "tensorboard"))
+
+        def add_scalars(numbers: dict, step: int):
+            for k, v in numbers.items():
+                writer.add_scalar(k, v, step)
+            writer.flush()
+        return add_scalars
+    tracker.init(project="scope", name=run_dir.name, config=config)
+    return lambda numbers, step: tracker.log(numbers, step=step)
+
+
 def main(argv: list[str]) -> dict | None:
     """Evaluate, resuming what the output directory holds; returns the summary on rank 0."""
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     args = parse_args(argv)
     if args.plot_run:
         path = plot_run(Path(args.plot_run))

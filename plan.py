@@ -11,8 +11,8 @@ What the estimate assumes (scope.py's step; P = parameters, n = gpus, T = tokens
   update only, fp32 grads (4 B/P; `zero_grad(set_to_none=True)` frees them). It computes under bf16
   autocast, whose cache holds a bf16 copy of the weights (2 B/P) while generating and updating. The
   embedding output is fp32, so RoPE's cos/sin are fp32 and the KV cache is fp32 (K after RoPE is
-  fp32 and the cache's first K fixes the dtype of both): 4 bytes per value, twice what
-  `rows_per_call` sizes a call for. The residual stream is fp32.
+  fp32 and the cache's first K fixes the dtype of both): 4 bytes per value, and scope.py sizes its
+  generate calls with 4. The residual stream is fp32.
 - n > 1 (FSDP2, per decoder layer, then the root): the student's 16 B/P are divided by n. Forward
   and backward hold two decoder layers (one prefetched) and the root (embeddings, head) gathered in
   bf16, plus one layer's unsharded fp32 grads in backward; generation holds the whole student
@@ -135,11 +135,11 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     def gathered(m: Shape) -> float:                   # FSDP: two layers and the root, in compute dtype
         return a * (2 * m.layer_params + m.root_params)
 
-    # ---- generation: rows_per_call rows at a time; the trainer sizes calls with `a` bytes per value
-    rows = min(rollouts, rows_per_call(cfg.rollout_kv_gb, kv_bytes_per_token(student.config, a), width))
-    calls = -(-rollouts // rows)
+    # ---- generation: rows_per_call rows at a time, sized (as the trainer does) with the cache's real dtype
     kv_value = a if sharded else 4                     # one GPU: fp32 K after RoPE makes the cache fp32
     kv_token = kv_bytes_per_token(student.config, kv_value)
+    rows = min(rollouts, rows_per_call(cfg.rollout_kv_gb, kv_token, width))
+    calls = -(-rollouts // rows)
     kv = rows * width * kv_token
     expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width else 0
     decode = kv + expanded + SAMPLING_LOGIT_COPIES * rows * student.head_rows * 4

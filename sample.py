@@ -15,15 +15,20 @@ Nothing here knows about the loss.
 """
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.utils import logging as hf_logging
 
 PROMPT_SUFFIX = "Put your final answer within \\boxed{}."  # the paper's instruction after every problem
 
@@ -32,6 +37,23 @@ def fail(message: str):
     """Stop with a message for the user (no traceback: it is their input, not our bug)."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def say(message: str):
+    """Print once per job: on rank 0 under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message)
+
+
+def quiet_libraries():
+    """The console shows the run's own lines and its progress bar, not the libraries' bars and notices."""
+    import datasets
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # dcp in a single process
 
 
 # -----------------------------------------------------------------------------
@@ -57,6 +79,17 @@ def load_model(name: str, dtype: torch.dtype, device: torch.device):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def check_context(name: str, tokens: int):
+    """A prompt plus a response (`tokens`) must fit the model's context: checked before any weights load."""
+    try:
+        limit = AutoConfig.from_pretrained(resolve(name)).get_text_config().max_position_embeddings
+    except (OSError, ValueError):
+        return  # load_model reports a missing model with the full message
+    if tokens > limit:
+        fail(f"max_prompt_tokens + max_new_tokens = {tokens} exceeds the context of {name} ({limit} tokens); "
+             f"lower max_new_tokens or max_prompt_tokens")
 
 
 def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str):
@@ -101,10 +134,20 @@ def load_rows(source: str, split: str, problem_field: str, answer_field: str, sk
             continue
         rows.append({"problem": problem, "answer": answer})
     if skipped:
-        print(f"{source}: skipped {skipped} bad rows of {len(data)}")
+        say(f"{source}: skipped {skipped} bad rows of {len(data)}")
     if not rows:
         fail(f"{source}: no usable rows")
     return rows
+
+
+@lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Rows of step `step`: a fresh shuffle each epoch, a function of the step alone (so resuming needs no sampler state)."""
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(step * batch, (step + 1) * batch)]
 
 
 # -----------------------------------------------------------------------------
@@ -164,6 +207,18 @@ def response_mask(response: torch.Tensor, stop: list[int]) -> torch.Tensor:
     is_stop = torch.isin(response, torch.tensor(stop, device=response.device))
     stops_before = is_stop.long().cumsum(-1) - is_stop.long()  # how many stop ids strictly before each token
     return stops_before == 0
+
+
+def with_prompts(rows: list[dict], tokenizer, suffix: str, chat_template: bool, max_tokens: int,
+                 source: str) -> list[dict]:
+    """Rows with their prompt built once; prompts longer than max_tokens are dropped (and counted)."""
+    for r in rows:
+        r["prompt"] = build_prompt(tokenizer, r["problem"], suffix, chat_template)
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False).input_ids]
+    kept = [r for r, n in zip(rows, lengths) if n <= max_tokens]
+    if len(kept) < len(rows):
+        say(f"{source}: dropped {len(rows) - len(kept)} problems longer than {max_tokens} tokens")
+    return kept or fail(f"{source}: every prompt is longer than max_prompt_tokens={max_tokens}")
 
 
 # -----------------------------------------------------------------------------
@@ -291,6 +346,15 @@ def token_logprobs(model, tokens: torch.Tensor, attn: torch.Tensor, resp: torch.
     return F.pad(logp, (1, 0))                                       # (N, L)
 
 
+def score(model, ro: Rollouts, batches: list[tuple[slice, slice]], **kw) -> torch.Tensor:
+    """(N, L) log-probs of the sampled tokens, micro-batch by micro-batch (`token_logprobs`' keywords);
+    call it under torch.no_grad() (the teacher)."""
+    logp = torch.zeros(ro.tokens.shape, device=ro.tokens.device)
+    for r, c in batches:
+        logp[r, c] = token_logprobs(model, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], **kw)
+    return logp
+
+
 def naive_token_logprobs(model, tokens, attn, resp, *, vocab: int, temperature: float) -> torch.Tensor:
     """Reference for `token_logprobs`: the full (N, L, V) logits at once. Tests and benches only."""
     position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
@@ -298,6 +362,23 @@ def naive_token_logprobs(model, tokens, attn, resp, *, vocab: int, temperature: 
                    use_cache=False).logits[..., :vocab].float() / temperature
     lp = logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
     return F.pad(lp * resp[:, 1:], (1, 0))
+
+
+def micro_batches(ro, group_size: int, budget: int, world: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) of micro-batches of whole groups, as many on every rank.
+
+    Under FSDP2 every forward and backward is a collective, so the count must not depend on a
+    rank's own data: each micro-batch takes as many groups as fit `budget` padded tokens at the
+    widest rank's width. Columns that are padding in every row of a micro-batch are dropped.
+    """
+    width = int(all_max(ro.attn.shape[1], world))
+    rows_each = max(1, budget // (group_size * width)) * group_size
+    out = []
+    for start in range(0, ro.tokens.shape[0], rows_each):
+        rows = slice(start, start + rows_each)
+        cols = ro.attn[rows].any(0).nonzero()
+        out.append((rows, slice(int(cols.min()), int(cols.max()) + 1)))
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -366,3 +447,31 @@ def all_max(x: float, world: int) -> float:
 def barrier(world: int):
     if world > 1:
         dist.barrier()
+
+
+def save_model(model, tokenizer, path: Path, rank: int, world: int):
+    """The student as a plain HF checkpoint (gathered from all ranks under FSDP2)."""
+    state = None
+    if world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if model.config.tie_word_embeddings:  # a gathered copy no longer shares storage with the embeddings
+            state.pop("lm_head.weight", None)
+    if rank == 0:
+        model.save_pretrained(path, state_dict=state)
+        tokenizer.save_pretrained(path)
+
+
+def save_state(model, optimizer, path: Path):
+    """Model and optimizer state in torch.distributed.checkpoint format (each rank writes its shard under FSDP2)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
+
+
+def load_state(model, optimizer, path: Path):
+    """The state `save_state` wrote, back into model and optimizer (resharded to this run's ranks)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

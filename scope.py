@@ -17,11 +17,10 @@ tokens in one forward pass.
 Run:
   python scope.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B          # one GPU
   python toy.py && python scope.py --config configs/toy.yaml           # offline CPU demo, minutes
-  python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --plan   # memory per GPU, no weights loaded
+  python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --gpus 8 --plan   # memory per GPU
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
 """
 import argparse
-import importlib
 import json
 import math
 import os
@@ -29,26 +28,23 @@ import shutil
 import signal
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import datasets
 import torch
 import torch.distributed as dist
 import yaml
 from tqdm import tqdm
-from transformers import AutoConfig, HfArgumentParser
-from transformers.utils import logging as hf_logging
+from transformers import HfArgumentParser
 
 import plan
-from eval import plot_run, read_jsonl, sample_and_grade
-from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, build_prompt, check_same_tokenizer, fail, gathered,
-                    generate, kv_bytes_per_token, load_model, load_rows, resolve, rows_per_call, setup_distributed,
-                    shard, stop_ids, token_logprobs)
+from eval import append_eval, gather_rollouts, held_out_accuracy, open_tracker, plot_run, read_jsonl, step_metrics
+from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
+                    gathered, generate, kv_bytes_per_token, load_model, load_rows, load_state, micro_batches,
+                    quiet_libraries, rows_per_call, save_model, save_state, score, setup_distributed, shard, stop_ids,
+                    token_logprobs, with_prompts)
 from verify import grade
 
 
@@ -111,33 +107,29 @@ def arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-Weighting = Literal["ppl", "uniform", "reversed"]
-
-
 @dataclass
 class Config:
     # --- models and data
-    student: str = arg("Qwen2.5-0.5B", "student model: a local directory, a hub name, or a bare name meaning Qwen/<name>")
-    teacher: str = arg("Qwen2.5-7B", "teacher model (same forms); must share the student's tokenizer")
+    student: str = arg("Qwen2.5-0.5B", "student: a local directory, a hub name, or a bare name meaning Qwen/<name>")
+    teacher: str = arg("Qwen2.5-7B", "teacher (same forms); must share the student's tokenizer")
     train_data: str = arg("data/math_train.jsonl", "training problems: a .jsonl/.json/.parquet file or a hub dataset")
     data_split: str = arg("train", "split to read when train_data is a hub dataset")
     problem_field: str = arg("problem", "field holding the problem statement")
     answer_field: str = arg("answer", "field holding the reference final answer (a string)")
     skip_bad_rows: bool = arg(False, "skip (and count) rows with a missing, empty or non-string problem or answer")
     prompt_suffix: str = arg(PROMPT_SUFFIX, "instruction appended to every problem (paper: this sentence)")
-    chat_template: bool = arg(True, "wrap the prompt in the tokenizer's chat template when it has one; its "
-                                    "turn-closing token then also ends a rollout")
+    chat_template: bool = arg(True, "use the tokenizer's chat template if any; its turn end also ends a rollout")
     # --- SCOPE
     group_size: int = arg(8, "G: rollouts sampled per problem (paper: 8)")
     tau: float = arg(1.0, "temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)")
     route_by_correctness: bool = arg(True, "SCOPE routing; false sends every rollout to the reverse-KL path (OPD)")
-    student_weight: Weighting = arg("ppl", "weights of correct rollouts: ppl (Eq. 4), uniform, or reversed "
-                                           "(the authors' released code)")
-    teacher_weight: Weighting = arg("ppl", "weights of incorrect rollouts: ppl (Eq. 5), uniform, or reversed")
-    weight_scale: Literal["mean", "sum"] = arg("mean", "mean: weights average 1 in each subset (uniform = plain "
-                                                       "OPD+MLE); sum: they sum to 1 (paper)")
-    loss_agg: Literal["token_mean", "sum"] = arg("token_mean", "token_mean: mean over all response tokens of the "
-                                                               "step; sum: token sums per rollout, mean over prompts")
+    student_weight: Literal["ppl", "uniform", "reversed"] = arg("ppl", "weights of correct rollouts: Eq. 4, "
+                                                                       "uniform, or reversed (released code)")
+    teacher_weight: Literal["ppl", "uniform", "reversed"] = arg("ppl", "weights of wrong rollouts: Eq. 5, "
+                                                                       "uniform, or reversed")
+    weight_scale: Literal["mean", "sum"] = arg("mean", "each subset's weights average 1, or sum to 1 (paper)")
+    loss_agg: Literal["token_mean", "sum"] = arg("token_mean", "mean over the step's response tokens, or token "
+                                                               "sums per rollout averaged over prompts (paper)")
     # --- rollouts
     batch_size: int = arg(32, "B: problems per optimizer step, over all ranks (paper: 256)")
     temperature: float = arg(0.6, "rollout temperature; student and teacher log-probs use the same (paper: 0.6)")
@@ -145,8 +137,7 @@ class Config:
     top_k: int = arg(0, "rollout top-k (0 = off)")
     max_prompt_tokens: int = arg(1024, "problems whose prompt is longer are dropped at load time (counted)")
     max_new_tokens: int = arg(2048, "longest response; one without a stop token by then is graded as it stands")
-    rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB: rows per call = budget / (KV bytes "
-                                     "per token, from the student's config, x (max_prompt_tokens + max_new_tokens))")
+    rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB (rows per call follow from it)")
     # --- optimisation
     max_steps: int = arg(200, "optimizer steps")
     lr: float = arg(5e-5, "AdamW learning rate, constant (paper: 5e-5)")
@@ -154,15 +145,14 @@ class Config:
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
     micro_batch_tokens: int = arg(32768, "padded tokens of one forward/backward micro-batch (whole groups)")
     logprob_chunk_tokens: int = arg(1024, "response tokens projected onto the vocabulary at a time")
-    gradient_checkpointing: bool = arg(True, "recompute the student's activations in backward (never while generating)")
-    dtype: Literal["bfloat16", "float32"] = arg("bfloat16", "compute dtype on GPU (student master weights stay "
-                                                            "float32; CPU runs float32)")
-    shard_teacher: bool = arg(True, "under torchrun, shard the teacher with FSDP2; false replicates it on every rank")
+    gradient_checkpointing: bool = arg(True, "recompute the student's activations in backward")
+    dtype: Literal["bfloat16", "float32"] = arg("bfloat16", "compute dtype on GPU (master weights stay float32)")
+    shard_teacher: bool = arg(True, "under torchrun, shard the teacher with FSDP2; false replicates it")
     # --- evaluation, logging, saving
     eval_data: str = arg("data/math500.jsonl", "held-out problems for the quick eval")
     eval_problem_field: str = arg("problem", "field holding the problem statement in eval_data")
     eval_answer_field: str = arg("answer", "field holding the reference answer in eval_data")
-    eval_every: int = arg(50, "run the quick eval before training and every this many steps (0 = never)")
+    eval_every: int = arg(50, "quick eval before training and every this many steps (0 = never)")
     eval_limit: int = arg(128, "the quick eval uses the first this many problems")
     eval_samples: int = arg(1, "samples per problem in the quick eval")
     eval_temperature: float = arg(0.0, "quick-eval sampling temperature (0 = greedy)")
@@ -170,10 +160,8 @@ class Config:
     report_to: Literal["none", "wandb", "tensorboard", "trackio"] = arg("none", "also send each step's numbers here")
     save_every: int = arg(50, "write a resumable checkpoint every this many steps, and at the end")
     keep_checkpoints: int = arg(2, "keep the newest this many checkpoints")
-    resume: str = arg("", "'' = a fresh run (refused if output_dir holds one); auto = continue from the newest "
-                          "checkpoint there; or a checkpoint directory")
-    max_bad_steps: int = arg(3, "tolerate this many optimizer steps in a row skipped for a non-finite gradient; "
-                                "one more stops the run")
+    resume: str = arg("", "'' = a fresh run; auto = from the newest checkpoint in output_dir; or a checkpoint dir")
+    max_bad_steps: int = arg(3, "tolerate this many steps in a row skipped for a non-finite gradient; one more stops")
     seed: int = arg(0, "seeds the data order and, per step, the sampling")
     # --- memory plan
     plan: bool = arg(False, "print the estimated memory per GPU of each phase and exit; loads no weights")
@@ -181,22 +169,18 @@ class Config:
     gpu_memory_gb: float = arg(80.0, "memory of one GPU, GB, for the plan")
 
 
-POSITIVE = ("group_size", "batch_size", "max_new_tokens", "max_prompt_tokens", "max_steps", "micro_batch_tokens",
-            "logprob_chunk_tokens", "save_every", "eval_limit", "eval_samples", "keep_checkpoints", "gpus",
-            "tau", "temperature", "rollout_kv_gb", "gpu_memory_gb")
-INTEGERS = {f.name for f in fields(Config) if f.type is int}
-NON_NEGATIVE = ("lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps")
+NON_NEGATIVE = {"lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps", "seed"}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the module docstring's lines and shows every field's default."""
 
 
 def parse_config(argv: list[str]) -> Config:
-    """Defaults, then --config FILE.yaml, then flags: the YAML's fields become flags placed first."""
-    parser = HfArgumentParser(Config, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Defaults, then --config FILE.yaml, then flags: the file's fields become flags placed first."""
+    parser = HfArgumentParser(Config, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", help="YAML file of config fields, applied before the flags")
-    path = argparse.ArgumentParser(add_help=False)
-    path.add_argument("--config")
-    path = path.parse_known_args(argv)[0].config
-    names = [f.name for f in fields(Config)]
-    from_file = []
+    path, names, from_file = parser.parse_known_args(argv)[0].config, [f.name for f in fields(Config)], []
     if path:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
@@ -210,48 +194,19 @@ def parse_config(argv: list[str]) -> Config:
             from_file += [f"--{key}", "" if value is None else str(value)]
     try:
         cfg, _ = parser.parse_args_into_dataclasses(from_file + argv, look_for_args_file=False)
-    except ValueError as e:  # arguments no field takes
+    except ValueError as e:  # arguments that no field takes
         fail(f"{e}; config fields are: {', '.join(names)}")
-    for name in POSITIVE:
-        if getattr(cfg, name) <= 0:
-            fail(f"field {name!r} is {getattr(cfg, name)}; it must be {'>= 1' if name in INTEGERS else '> 0'}")
-    for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            fail(f"field {name!r} is {getattr(cfg, name)}; it must be >= 0")
-    if not 0 < cfg.top_p <= 1:
+    for f in fields(Config):
+        value = getattr(cfg, f.name)
+        if f.type in (int, float) and (value < 0 if f.name in NON_NEGATIVE else value <= 0):
+            fail(f"field {f.name!r} is {value}; it must be {'>= 0' if f.name in NON_NEGATIVE else '> 0'}")
+    if cfg.top_p > 1:
         fail(f"field 'top_p' is {cfg.top_p}; it must be in (0, 1]")
     return cfg
 
 
 # -----------------------------------------------------------------------------
-# One training step's parts: micro-batches, teacher scoring, the update
-
-def micro_batches(ro, group_size: int, budget: int, world: int) -> list[tuple[slice, slice]]:
-    """(rows, columns) of micro-batches of whole groups, as many on every rank.
-
-    Under FSDP2 every forward and backward is a collective, so the count must not depend on a
-    rank's own data: each micro-batch takes as many groups as fit `budget` padded tokens at the
-    widest rank's width. Columns that are padding in every row of a micro-batch are dropped.
-    """
-    width = int(all_max(ro.attn.shape[1], world))
-    rows_each = max(1, budget // (group_size * width)) * group_size
-    out = []
-    for start in range(0, ro.tokens.shape[0], rows_each):
-        rows = slice(start, start + rows_each)
-        cols = ro.attn[rows].any(0).nonzero()
-        out.append((rows, slice(int(cols.min()), int(cols.max()) + 1)))
-    return out
-
-
-def score_with_teacher(teacher, ro, batches, vocab: int, cfg: Config, amp) -> torch.Tensor:
-    """(N, L) teacher log-probs of the sampled tokens, micro-batch by micro-batch, without gradients."""
-    logp = torch.zeros(ro.tokens.shape, device=ro.tokens.device)
-    with torch.no_grad(), amp:
-        for r, c in batches:
-            logp[r, c] = token_logprobs(teacher, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
-                                        temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-    return logp
-
+# One training step's update: gradients over micro-batches, one optimizer step
 
 def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
                          norm: float, world: int) -> list[dict]:
@@ -290,39 +245,33 @@ def main(argv: list[str]):
         fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(cfg, out_dir)
-    check_context(cfg)
-    gpu = device.type == "cuda"
-    if gpu:
-        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16 anyway
-    compute = torch.bfloat16 if gpu and cfg.dtype == "bfloat16" else torch.float32
-
-    # ---- models: the student in float32 (its master weights), the teacher frozen in the compute dtype
-    student, tok = load_model(cfg.student, torch.float32, device)
-    teacher, teacher_tok = load_model(cfg.teacher, compute, device)
-    check_same_tokenizer(tok, teacher_tok, cfg.student, cfg.teacher)
-    teacher.requires_grad_(False).eval()
+    check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
+    compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
+    student, teacher, tok = load_models(cfg, device, compute, world)
     vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
-    if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if world > 1:
-        shard(student, compute)
-        if cfg.shard_teacher:
-            shard(teacher, compute)
-    amp = torch.autocast("cuda", dtype=compute) if gpu and world == 1 else nullcontext()  # FSDP2 casts itself
+    amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(resume_from, student, optimizer, cfg) if resume_from else 0
-    kv = kv_bytes_per_token(student.config, compute.itemsize)
+    kv = kv_bytes_per_token(student.config, compute.itemsize if world > 1 else 4)  # fp32 weights: fp32 cache
     sampling = dict(stop=stop_ids(student, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
                     max_new_tokens=cfg.max_new_tokens, synced=world > 1,
                     max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
-    train = load_problems(cfg, tok, rank)
-    held_out = load_held_out(cfg, tok, world)
+    train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
     write_metrics = open_logs(cfg, out_dir, rank, start)
+
+    def quick_eval(step: int) -> float:
+        student.eval()
+        with amp, gathered(student) if world > 1 else nullcontext():
+            accuracy = held_out_accuracy(student, tok, held_out, n=cfg.eval_samples, rank=rank, world=world,
+                                         **{**sampling, "temperature": cfg.eval_temperature})
+        if rank == 0:
+            append_eval(out_dir, step, accuracy, f"{cfg.eval_data}, {len(held_out)} problems")
+        return accuracy
+
     if held_out and start == 0:
-        quick_eval(student, tok, held_out, 0, cfg, amp, sampling, out_dir, rank, world)
+        quick_eval(0)
     stop = catch_stop_signals()
     bad_in_a_row, per_rank = 0, cfg.batch_size // world
-
     bar = tqdm(range(start, cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True,
                initial=start, total=cfg.max_steps)
     for step in bar:
@@ -347,7 +296,9 @@ def main(argv: list[str]):
 
         # ---- the teacher scores the student's tokens: one forward, no generation
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
-        teacher_logp = score_with_teacher(teacher, ro, batches, vocab, cfg, amp)                          # (N, L)
+        with torch.no_grad(), amp:
+            teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.temperature,
+                                 chunk_tokens=cfg.logprob_chunk_tokens)                                    # (N, L)
         t3 = time.perf_counter()
 
         # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
@@ -361,12 +312,11 @@ def main(argv: list[str]):
 
         # ---- log the step's numbers, gathered from every rank; the quick eval when due
         roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world)
-        record = {"step": step + 1, **summarize(roll, cfg.group_size), "grad_norm": grad_norm,
+        record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
                   "skipped": not math.isfinite(grad_norm), "tokens_per_s": n_tokens / (t4 - t0),
                   "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
         if held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
-            record["eval_accuracy"] = quick_eval(student, tok, held_out, step + 1, cfg, amp, sampling, out_dir,
-                                                 rank, world)
+            record["eval_accuracy"] = quick_eval(step + 1)
         write_metrics(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}", kl=f"{record['kl']:.3f}")
         if bad_in_a_row > cfg.max_bad_steps:
@@ -379,7 +329,7 @@ def main(argv: list[str]):
             save_checkpoint(student, optimizer, tok, out_dir, step + 1, cfg, rank, world)
         if stopping:
             stop_now(argv, step + 1, stop["signal"], rank)
-    save(student, tok, out_dir, rank, world)
+    save_model(student, tok, out_dir, rank, world)
     if rank == 0:
         plot_run(out_dir)
         print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
@@ -388,105 +338,41 @@ def main(argv: list[str]):
 
 
 # -----------------------------------------------------------------------------
-# Data and the quick eval
+# Models and data
 
-def load_problems(cfg: Config, tok, rank: int) -> list[dict]:
-    """Training rows with their prompt built once; prompts longer than max_prompt_tokens are dropped (counted)."""
-    rows = load_rows(cfg.train_data, cfg.data_split, cfg.problem_field, cfg.answer_field, cfg.skip_bad_rows)
-    for r in rows:
-        r["prompt"] = build_prompt(tok, r["problem"], cfg.prompt_suffix, cfg.chat_template)
-    lengths = [len(ids) for ids in tok([r["prompt"] for r in rows], add_special_tokens=False).input_ids]
-    kept = [r for r, n in zip(rows, lengths) if n <= cfg.max_prompt_tokens]
-    if len(kept) < len(rows) and rank == 0:
-        print(f"{cfg.train_data}: dropped {len(rows) - len(kept)} problems longer than {cfg.max_prompt_tokens} tokens")
-    return kept or fail(f"{cfg.train_data}: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}")
+def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
+    """(student, teacher, tokenizer): the student in float32 (its master weights), the teacher frozen in the
+    compute dtype; both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16
+    student, tok = load_model(cfg.student, torch.float32, device)
+    teacher, teacher_tok = load_model(cfg.teacher, compute, device)
+    check_same_tokenizer(tok, teacher_tok, cfg.student, cfg.teacher)
+    teacher.requires_grad_(False).eval()
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if world > 1:
+        shard(student, compute)
+        if cfg.shard_teacher:
+            shard(teacher, compute)
+    return student, teacher, tok
 
 
-def load_held_out(cfg: Config, tok, world: int) -> list[dict]:
-    """The quick eval's problems, cut to equal shares per rank (generate is a collective under FSDP2)."""
-    if not cfg.eval_every:
+def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]:
+    """Training rows (or the quick eval's, cut to equal shares per rank) with their prompts built once."""
+    if held_out and not cfg.eval_every:
         return []
-    rows = load_rows(cfg.eval_data, "test", cfg.eval_problem_field, cfg.eval_answer_field, cfg.skip_bad_rows)
-    rows = rows[:cfg.eval_limit]
-    rows = rows[:len(rows) - len(rows) % world] or fail(f"{cfg.eval_data}: the quick eval needs at least one "
-                                                        f"problem per rank ({world} ranks)")
-    for r in rows:
-        r["prompt"] = build_prompt(tok, r["problem"], cfg.prompt_suffix, cfg.chat_template)
-    return rows
-
-
-def quick_eval(student, tok, rows, step: int, cfg: Config, amp, sampling: dict, out_dir: Path, rank: int,
-               world: int) -> float:
-    """Held-out accuracy of the student (each rank takes its share), appended to eval.jsonl."""
-    mine = rows[rank::world]
-    student.eval()
-    with amp, gathered(student) if world > 1 else nullcontext():
-        results = sample_and_grade(student, tok, [r["prompt"] for r in mine], [r["answer"] for r in mine],
-                                   n=cfg.eval_samples, temperature=cfg.eval_temperature, **sampling)
-    right = all_sum(sum(s["correct"] for samples in results for s in samples), world)
-    accuracy = right / (len(rows) * cfg.eval_samples)
-    if rank == 0:
-        with open(out_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "eval_accuracy": accuracy}) + "\n")
-        tqdm.write(f"step {step}: held-out accuracy {accuracy:.1%} ({cfg.eval_data}, {len(rows)} problems)")
-        plot_run(out_dir)
-    return accuracy
-
-
-@lru_cache(maxsize=2)
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-
-
-def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
-    """Rows of step `step`: a fresh shuffle each epoch, a function of the step alone (so resuming needs no sampler state)."""
-    return [epoch_order(n, seed, k // n)[k % n] for k in range(step * batch, (step + 1) * batch)]
+    source, split, keys = ((cfg.eval_data, "test", (cfg.eval_problem_field, cfg.eval_answer_field)) if held_out else
+                           (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
+    rows = with_prompts(load_rows(source, split, *keys, cfg.skip_bad_rows), tok, cfg.prompt_suffix,
+                        cfg.chat_template, cfg.max_prompt_tokens, source)
+    if held_out:  # generate is a collective under FSDP2: every rank gets as many problems
+        rows = rows[:cfg.eval_limit][:len(rows[:cfg.eval_limit]) // world * world]
+    return rows or fail(f"{source}: the quick eval needs at least one problem per rank ({world} ranks)")
 
 
 # -----------------------------------------------------------------------------
-# Logging: per-step numbers, trackers, a quiet console
-
-def gather_rollouts(infos: list[dict], ro, correct, group, world: int) -> dict:
-    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation."""
-    roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
-            for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
-    roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
-                loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
-                loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, roll)
-        roll = {k: torch.cat([p[k] for p in parts]) for k in roll}
-    return roll
-
-
-def summarize(roll: dict, group_size: int) -> dict:
-    """Per-step numbers that tell whether training does something (README, Metrics)."""
-    per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
-    loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
-    out = {"loss": loss_mle + loss_opd, "loss_mle": loss_mle, "loss_opd": loss_opd,
-           "frac_correct": per_group.mean().item(),
-           "frac_all_correct": (per_group == 1).all(1).float().mean().item(),
-           "frac_all_wrong": (per_group == 0).all(1).float().mean().item(),
-           "frac_truncated": roll["truncated"].float().mean().item(),
-           "response_len": roll["n_tokens"].mean().item(),
-           "kl": (roll["kl_sum"].sum() / roll["n_tokens"].sum().clamp(min=1)).item(),
-           "ppl_student": roll["nll_student"].exp().mean().item(),
-           "ppl_teacher": roll["nll_teacher"].exp().mean().item()}
-    group, weight = roll["group"], roll["weight"]
-    for path, member in (("mle", roll["mle"]), ("opd", ~roll["mle"])):
-        entropies = []
-        for g in group[member].unique():
-            p = weight[member & (group == g)]
-            if len(p) > 1:  # normalised entropy of one subset's weights: 1 = uniform
-                p = p / p.sum()
-                entropies.append((-(p * p.clamp(min=1e-30).log()).sum() / math.log(len(p))).item())
-        w = weight[member]
-        out[f"w_{path}_min"] = w.min().item() if len(w) else None
-        out[f"w_{path}_max"] = w.max().item() if len(w) else None
-        out[f"w_{path}_entropy"] = sum(entropies) / len(entropies) if entropies else None
-    return out
-
+# Logging: metrics.jsonl, eval.jsonl, the tracker
 
 def open_logs(cfg: Config, out_dir: Path, rank: int, start: int):
     """Prepare output_dir; returns the function that records one step (metrics.jsonl and the tracker, rank 0)."""
@@ -496,7 +382,7 @@ def open_logs(cfg: Config, out_dir: Path, rank: int, start: int):
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     for name in ("metrics.jsonl", "eval.jsonl"):  # a resumed run rewrites the steps after its checkpoint
         keep_steps_up_to(out_dir / name, start)
-    track = open_tracker(cfg, out_dir)
+    track = open_tracker(cfg.report_to, out_dir, asdict(cfg))
 
     def write(record: dict):
         with open(out_dir / "metrics.jsonl", "a") as f:
@@ -505,53 +391,8 @@ def open_logs(cfg: Config, out_dir: Path, rank: int, start: int):
     return write
 
 
-TRACKERS = {"wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio"),
-            "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
-
-
-def open_tracker(cfg: Config, out_dir: Path):
-    """log(numbers, step) for the tracker named by report_to, imported only when asked for."""
-    if cfg.report_to == "none":
-        return lambda numbers, step: None
-    module, package = TRACKERS[cfg.report_to]
-    try:
-        tracker = importlib.import_module(module)
-    except ImportError:
-        fail(f"--report-to {cfg.report_to}: the package is not installed (pip install {package})")
-    if cfg.report_to == "tensorboard":
-        writer = tracker.SummaryWriter(str(out_dir / "tensorboard"))
-
-        def add_scalars(numbers: dict, step: int):
-            for k, v in numbers.items():
-                writer.add_scalar(k, v, step)
-            writer.flush()
-        return add_scalars
-    tracker.init(project="scope", name=out_dir.name, config=asdict(cfg))
-    return lambda numbers, step: tracker.log(numbers, step=step)
-
-
-def quiet_libraries():
-    """The console shows the run's own lines and its progress bar, not the libraries' bars and notices."""
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # dcp in a single process
-
-
 # -----------------------------------------------------------------------------
 # Reliability: context check, atomic checkpoints, exact resume, stop on a signal
-
-def check_context(cfg: Config):
-    """A prompt plus a response must fit the student's context: checked before any weights load."""
-    try:
-        limit = AutoConfig.from_pretrained(resolve(cfg.student)).get_text_config().max_position_embeddings
-    except (OSError, ValueError):
-        return  # load_model reports a missing model with the full message
-    if cfg.max_prompt_tokens + cfg.max_new_tokens > limit:
-        fail(f"max_prompt_tokens + max_new_tokens = {cfg.max_prompt_tokens + cfg.max_new_tokens} exceeds the "
-             f"student's context of {limit} tokens; lower max_new_tokens or max_prompt_tokens")
-
 
 def checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a save in progress lives in a .tmp_ dir until renamed)."""
@@ -585,16 +426,12 @@ def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, cfg: 
     torch.distributed.checkpoint format for an exact resume. Nothing else is needed: the data
     order and the sampling seeds are functions of the step.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     final, tmp = out_dir / f"step_{step:06d}", out_dir / f".tmp_step_{step:06d}"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     barrier(world)
-    save(model, tokenizer, tmp, rank, world)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "state")
+    save_model(model, tokenizer, tmp, rank, world)
+    save_state(model, optimizer, tmp / "state")
     barrier(world)
     if rank == 0:
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **{k: getattr(cfg, k) for k in RESUME_FIELDS}}))
@@ -614,19 +451,13 @@ def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, cfg: 
 
 def load_checkpoint(path: Path, model, optimizer, cfg: Config) -> int:
     """Restore model and optimizer from a checkpoint made with the same RESUME_FIELDS; returns its step."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     saved = json.loads((path / "trainer.json").read_text())
     for name in RESUME_FIELDS:
         if name in saved and saved[name] != getattr(cfg, name):
             fail(f"--resume {path}: the checkpoint was made with {name}={saved[name]!r}, this run has "
                  f"{getattr(cfg, name)!r}; it decides which rollouts each step draws, so resume with the same "
                  f"value or start a fresh run in another --output-dir")
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=path / "state")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    load_state(model, optimizer, path / "state")
     print(f"resumed from {path} (step {saved['step']})")
     return saved["step"]
 
@@ -636,20 +467,6 @@ def keep_steps_up_to(path: Path, step: int):
     and a last line the death tore in half."""
     if path.exists():
         path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", step + 1) <= step))
-
-
-def save(model, tokenizer, path: Path, rank: int, world: int):
-    """The student as a plain HF checkpoint (gathered from all ranks under FSDP2)."""
-    state = None
-    if world > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if model.config.tie_word_embeddings:  # a gathered copy no longer shares storage with the embeddings
-            state.pop("lm_head.weight", None)
-    if rank == 0:
-        model.save_pretrained(path, state_dict=state)
-        tokenizer.save_pretrained(path)
 
 
 def catch_stop_signals() -> dict:

@@ -6,8 +6,8 @@
 
 The step is scope.py's on one GPU: the student's weights fp32 under bf16 autocast, the teacher in
 bf16, sampling with HF `generate` (temperature 0.6, no top-p/top-k, KV cache, model in eval mode),
-teacher log-probs with `scope.score_with_teacher`, then `scope.accumulate_gradients` over
-micro-batches of whole groups (`scope.micro_batches`) with gradient checkpointing, gradient
+teacher log-probs with `sample.score`, then `scope.accumulate_gradients` over
+micro-batches of whole groups (`sample.micro_batches`) with gradient checkpointing, gradient
 clipping and one AdamW step. What is not real:
   - the weights are random (built from the models' configurations, written below; no hub access);
   - prompts are random token ids, all --prompt-len long (no padding);
@@ -33,8 +33,8 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sample import Rollouts  # noqa: E402
-from scope import Config, accumulate_gradients, micro_batches, score_with_teacher  # noqa: E402
+from sample import Rollouts, micro_batches, score  # noqa: E402
+from scope import Config, accumulate_gradients  # noqa: E402
 
 VOCAB = 151_665        # the shared tokenizer's ids: prompts are drawn from them, log-probs are over them
 EOS = 151_643          # <|endoftext|>
@@ -172,10 +172,13 @@ def main():
         ro = Rollouts(tokens=tokens, attn=attn, resp=resp, texts=[], truncated=torch.zeros(n, dtype=torch.bool))
         correct = torch.rand(n, device=device) < 0.5                              # stands in for the verifier
         group = torch.arange(args.batch_prompts, device=device).repeat_interleave(args.group_size)
-        batches = list(micro_batches(ro, args.group_size, args.micro_batch_tokens))
+        batches = micro_batches(ro, args.group_size, args.micro_batch_tokens, world=1)
         size = f"{len(batches)} micro-batches of <= {max(r.stop - r.start for r, _ in batches)} rows x {length} tokens"
-        teacher_logp, t_tea, h_tea, m_tea = run_phase("teacher", lambda: score_with_teacher(teacher, ro, batches, VOCAB, cfg, amp),
-                                                 device, size)
+        def teacher_scores():
+            with torch.no_grad(), amp:
+                return score(teacher, ro, batches, vocab=VOCAB, temperature=cfg.temperature,
+                             chunk_tokens=cfg.logprob_chunk_tokens)
+        teacher_logp, t_tea, h_tea, m_tea = run_phase("teacher", teacher_scores, device, size)
         _, t_upd, h_upd, m_upd = run_phase("update", lambda: update(ro, batches, teacher_logp, correct, group), device, size)
 
     # ---- report the last step

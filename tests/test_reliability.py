@@ -72,14 +72,14 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tiny_pair,
     student, teacher, data = tiny_pair
     run = tmp_path / "run"
     args = tiny_args(student, teacher, data, run, "--max-steps", "3", "--save-every", "1")
-    real_save = scope.save
+    real_save = scope.save_model
 
     def dies_while_saving_step_2(model, tokenizer, path, rank, world):
         real_save(model, tokenizer, path, rank, world)
         if path.name == ".tmp_step_000002":  # the weights are half way to disk when the process dies
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(scope, "save", dies_while_saving_step_2)
+    monkeypatch.setattr(scope, "save_model", dies_while_saving_step_2)
     with pytest.raises(KeyboardInterrupt):
         scope.main(args)
     monkeypatch.undo()
@@ -159,4 +159,4 @@ def test_lengths_beyond_the_students_context_are_refused_before_loading(tiny_pai
     with pytest.raises(SystemExit):
         scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--max-new-tokens", "4096"))
     err = capsys.readouterr().err
-    assert "exceeds the student's context of 256 tokens" in err and "max_new_tokens" in err
+    assert f"exceeds the context of {student} (256 tokens)" in err and "max_new_tokens" in err

@@ -53,7 +53,7 @@ def test_unknown_flag_is_named_with_the_valid_keys(capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--group-size", "0"], ["group_size", ">= 1"]),
+    (["--group-size", "0"], ["group_size", "> 0"]),
     (["--tau", "0"], ["tau", "> 0"]),
     (["--lr=-1e-5"], ["lr", ">= 0"]),
     (["--tau", "warm"], ["tau", "float", "warm"]),
