@@ -66,13 +66,9 @@ def is_equivalent(pred: str, gold: str) -> bool:
 
 
 def extract_answer(text: str, fallback: bool = False) -> str | None:
-    """The final answer of a model response, or None.
-
-    Looks after the last </think> (a response that opened <think> and never closed it has no
-    answer) for, in order: the last \\boxed{...} or \\fbox{...}; a `####` line; "the answer is
-    ...", "Final Answer: ..."; a short one-line response, which is its own answer; and, only if
-    `fallback` is set, the last number. An empty or unclosed last box gives None.
-    """
+    """The final answer after the last </think> (None if <think> never closes): the last \\boxed{}
+    or \\fbox{} (None if empty or unclosed), else a `####` line, else "the answer is ..." or "Final
+    Answer: ...", else a short one-line response itself, else, with `fallback`, the last number."""
     if not isinstance(text, str):
         return None
     try:
@@ -115,19 +111,6 @@ def _match_brace(s, i):
     return -1
 
 
-def _box_at(text, start):
-    """(content, end) of the box command at text[start]; content is None when it is unclosed."""
-    i = start + (6 if text.startswith("\\boxed", start) else 5)
-    i += len(text[i:i + 100]) - len(text[i:i + 100].lstrip(" "))
-    if text.startswith("{", i):
-        j = _match_brace(text, i)
-        return (None, i) if j < 0 else (text[i + 1:j], j + 1)
-    j = i
-    while j < len(text) and text[j] not in " \n$":  # the short form: \boxed 5
-        j += 1
-    return text[i:j], j
-
-
 def _boxed_answer(text):
     """Content of the last box, with boxes just before it that only a connector separates
     joined by commas (`\\boxed{2} and \\boxed{3}` gives `2, 3`). None when there is no box,
@@ -137,7 +120,16 @@ def _boxed_answer(text):
         start = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
         if start < 0:
             break
-        content, stop = _box_at(text, start)
+        i = start + (6 if text.startswith("\\boxed", start) else 5)
+        i += len(text[i:i + 100]) - len(text[i:i + 100].lstrip(" "))
+        if text.startswith("{", i):
+            stop = _match_brace(text, i) + 1  # 0 when the box is unclosed
+            content = text[i + 1:stop - 1] if stop else None
+        else:
+            stop = i
+            while stop < len(text) and text[stop] not in " \n$":  # the short form: \boxed 5
+                stop += 1
+            content = text[i:stop]
         if not found and content is None:
             return ""
         gap = text[stop:end]  # between two boxes: must only join them, as `$ and $` does
@@ -163,13 +155,9 @@ def _phrase_answer(text):
         if rest.startswith(opener) and rest.find(closer, len(opener)) > 0:
             return rest[len(opener):rest.find(closer, len(opener))]
     line = rest.split("\n")[0]
-    k = line.find("$")
-    if k >= 0 and line.find("$", k + 1) > k:
-        return line[k + 1:line.find("$", k + 1)]
-    for stop in (". ", ".\t"):
-        if stop in line:
-            line = line[:line.find(stop)]
-    return line
+    if line.count("$") >= 2:
+        return line.split("$")[1]
+    return line.split(". ")[0].split(".\t")[0]
 
 
 def _last_number(text):
@@ -265,18 +253,15 @@ def _resolve_text(s):
     'degrees' becomes a degree sign. Groups inside braces (a subscript) just lose the command."""
     out, words, depth, i, n = [], [], 0, 0, len(s)
     while i < n:
-        c = s[i]
-        if c != "\\":
-            depth += (c == "{") - (c == "}")
-            out.append(c)
-            i += 1
-            continue
-        name, k = _command_at(s, i)
+        c = s.find("\\", i) % (n + 1)  # the next command, or the end
+        depth += s.count("{", i, c) - s.count("}", i, c)  # no escaped brace \{ before c
+        out.append(s[i:c])
+        name, k = _command_at(s, c) if c < n else ("", n)
         while k < n and s[k] == " ":
             k += 1
         j = _match_brace(s, k) if name == "text" and k < n and s[k] == "{" else -1
         if j < 0:
-            out.append(s[i:k])
+            out.append(s[c:k])
             i = k
             continue
         content = s[k + 1:j].strip()
@@ -359,13 +344,11 @@ def _readings(answer):
     s = _rewrite_commands("".join(parts).translate(_UNICODE)).replace("$", "")
     s = _drop_words(" ".join(_resolve_text(s).split()))
     for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
-                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", "")):
+                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", ""),
+                     ("^{\u00b0}", "\u00b0"), ("^\u00b0", "\u00b0")):
         s = s.replace(old, new)
-    degrees = "\u00b0" in s
-    for sign in ("^{\u00b0}", "^\u00b0", "\u00b0"):
-        s = s.replace(sign, "")
-    percent = "%" in s
-    s = s.replace("%", "").strip().rstrip(".,").strip()
+    degrees, percent = "\u00b0" in s, "%" in s
+    s = s.replace("\u00b0", "").replace("%", "").strip().rstrip(".,").strip()
     while s.startswith("{") and _closes_at_end(s):
         s = s[1:-1].strip()
     s = _without_thousands(s) or s
@@ -438,22 +421,18 @@ def _tokenize(s):
                     raise _Unparsed("unclosed base")
         elif c == "\\":
             name, i = _command_at(s, i)
-            if name in _OPERATOR_COMMANDS:
-                toks.append(("op", "\\" + name))
-            elif name in _FUNCTIONS:
-                toks.append(("func", name))
-            elif name in ("pi", "infty"):
-                toks.append(("const", name))
-            elif name in ("text", "begin", "end"):
+            if name in ("text", "begin", "end"):
                 raise _Unparsed(name)
-            else:
-                if name in _ACCENTS and s.startswith("{", i):  # \dot{x}: one variable
-                    j = _match_brace(s, i)
-                    if j < 0:
-                        raise _Unparsed("unclosed accent")
-                    name, i = name + s[i:j + 1].replace(" ", ""), j + 1
+            kind = ("op" if name in _OPERATOR_COMMANDS else "func" if name in _FUNCTIONS
+                    else "const" if name in ("pi", "infty") else "name")
+            if kind == "name" and name in _ACCENTS and s.startswith("{", i):  # \dot{x}: one name
+                j = _match_brace(s, i)
+                if j < 0:
+                    raise _Unparsed("unclosed accent")
+                name, i = name + s[i:j + 1].replace(" ", ""), j + 1
+            if kind == "name":
                 name, i = _name_suffix(s, i, "\\" + name)
-                toks.append(("name", name))
+            toks.append((kind, "\\" + name if kind == "op" else name))
         elif _is_letter(c):
             run = s[i:i + 6]  # enough to spell any function
             function = next((f for f in _FUNCTIONS + ("pi",) if run.startswith(f)), None)
@@ -469,189 +448,157 @@ def _tokenize(s):
     return toks
 
 
-_CLOSERS = {"(": ")", "[": "]", "{": "}", "\\lfloor": "\\rfloor", "\\lceil": "\\rceil"}
+_CLOSERS = {"(": ")", "[": "]", "{": "}", "|": "|", "\\lfloor": "\\rfloor", "\\lceil": "\\rceil"}
+_WRAPPERS = {"|": "abs", "\\lfloor": "floor", "\\lceil": "ceil"}
 
 
-class _Parser:
-    """Recursive descent over tokens. Trees are tuples:
+def _parse(s):
+    """The expression tree of a canonical string; _Unparsed if it is not one expression.
+    Recursive descent over the tokens; trees are tuples:
     ("num", Fraction) ("var", name) ("const", "pi"|"e"|"i"|"infty") ("+", *terms) ("*", *factors)
     ("neg", x) ("inv", x) ("^", base, exponent) ("fn", name, x) ("log", x, base)
     ("root", x, index) ("binom", n, k), with name in _FUNCTIONS, abs, floor, ceil, fact.
 
         expr   := term (('+' | '-') term)*
-        term   := signed (('*' | '/' | implicit) power)*
+        term   := signed (('*' | '/') signed | implicit power)*
         signed := ('+' | '-') signed | power
         power  := atom '!'* ('^' signed)?
     """
+    toks, depth, bars = _tokenize(s)[::-1], 0, 0  # a stack, next token last; open |...| groups
 
-    def __init__(self, toks):
-        self.toks, self.i, self.depth, self.open_bars = toks, 0, 0, 0
+    def peek():
+        return toks[-1] if toks else ("end", "")
 
-    def peek(self):
-        return self.toks[self.i] if self.i < len(self.toks) else ("end", "")
-
-    def take(self, op=None):
+    def take(op=None):
         """The next token, which must be the operator `op` when one is given."""
-        tok = self.peek()
-        self.i += 1
+        tok = toks.pop() if toks else ("end", "")
         if op and tok != ("op", op):
             raise _Unparsed("expected " + op)
         return tok
 
-    def accept(self, op):
-        """Take the operator `op` if it comes next; say whether it did."""
-        found = self.peek() == ("op", op)
-        self.i += found
-        return found
+    def accept(op):
+        return peek() == ("op", op) and bool(toks.pop())
 
-    def nest(self, step):
-        self.depth += step
-        if self.depth > MAX_DEPTH:
+    def nested(parse):
+        """parse(), one level deeper: nesting is bounded by MAX_DEPTH."""
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
             raise _Unparsed("too deep")
+        x = parse()
+        depth -= 1
+        return x
 
-    def expr(self):
-        terms = [self.term()]
-        while self.peek() in (("op", "+"), ("op", "-")):
-            terms.append(("neg", self.term()) if self.take()[1] == "-" else self.term())
-        return terms[0] if len(terms) == 1 else ("+",) + tuple(terms)
+    def expr():
+        terms = [term()]
+        while peek() in (("op", "+"), ("op", "-")):
+            terms.append(("neg", term()) if take()[1] == "-" else term())
+        return terms[0] if len(terms) == 1 else ("+", *terms)
 
-    def starts_factor(self, tok):
-        kind, text = tok
-        return kind in ("num", "name", "const", "func") or text in (
-            "(", "[", "{", "\\frac", "\\sqrt", "\\binom", "\\lfloor", "\\lceil") or (
-            text == "|" and self.open_bars == 0)
-
-    def term(self):
-        factors = [self.signed()]
+    def term():
+        factors = [signed()]
         while True:
-            tok = self.peek()
-            if self.accept("*") or self.accept("/"):
-                factor = self.signed()
-                factors.append(factor if tok[1] == "*" else ("inv", factor))
-            elif self.starts_factor(tok):
-                factor = self.power()
-                mixed = _mixed_number(factors[0], factor) if len(factors) == 1 else None
-                if tok == ("op", "\\frac") and mixed:
-                    factors[0] = mixed  # 1\frac{4}{5} is one and four fifths
-                else:
-                    factors.append(factor)
+            tok = peek()
+            if accept("*") or accept("/"):
+                factors.append(signed() if tok[1] == "*" else ("inv", signed()))
+            elif tok[0] in ("num", "name", "const", "func") or tok[1] in (
+                    "(", "[", "{", "\\frac", "\\sqrt", "\\binom", "\\lfloor", "\\lceil") or (
+                    tok[1] == "|" and bars == 0):
+                factor = power()  # 1\frac{4}{5} is one and four fifths
+                mixed = tok == ("op", "\\frac") and len(factors) == 1 and _mixed(factors[0], factor)
+                factors = [mixed] if mixed else factors + [factor]
             else:
-                return factors[0] if len(factors) == 1 else ("*",) + tuple(factors)
+                return factors[0] if len(factors) == 1 else ("*", *factors)
 
-    def signed(self):
-        if self.peek() in (("op", "-"), ("op", "+")):
-            sign = self.take()[1]
-            self.nest(1)
-            x = self.signed()
-            self.nest(-1)
-            return ("neg", x) if sign == "-" else x
-        return self.power()
+    def signed():
+        if peek() in (("op", "-"), ("op", "+")):
+            return ("neg", nested(signed)) if take()[1] == "-" else nested(signed)
+        return power()
 
-    def power(self):
-        x = self.atom()
-        while self.accept("!"):
+    def power():
+        x = nested(atom)
+        while accept("!"):
             x = ("fn", "fact", x)
-        if self.accept("^"):
-            self.nest(1)
-            x = ("^", x, self.signed())
-            self.nest(-1)
-        return x
+        return ("^", x, nested(signed)) if accept("^") else x
 
-    def arg(self):
+    def arg():
         """A braced group or, in TeX's short form, one token: \\frac43 is 4/3, \\sqrt2x is x√2."""
-        kind, text = self.peek()
+        kind, text = peek()
         if kind == "num" and len(text) > 1 and text[0] in _DIGITS:
-            self.toks[self.i] = ("num", text[1:])
+            toks[-1] = ("num", text[1:])
             return ("num", Fraction(int(text[0])))
-        return self.atom()
+        return nested(atom)
 
-    def atom(self):
-        self.nest(1)
-        kind, text = self.take()
-        if kind == "num":
-            x = ("num", _number(text))
-        elif kind in ("name", "const"):
-            x = ("var" if kind == "name" else "const", text)
-        elif kind == "func":
-            x = self.function(text)
-        elif text in _CLOSERS:
-            inner = self.expr()
-            self.take(_CLOSERS[text])
-            rounding = {"\\lfloor": "floor", "\\lceil": "ceil"}.get(text)
-            x = ("fn", rounding, inner) if rounding else inner
-        elif text == "|":
-            self.open_bars += 1
-            x = ("fn", "abs", self.expr())
-            self.take("|")
-            self.open_bars -= 1
-        elif text == "\\frac":
-            x = ("*", self.arg(), ("inv", self.arg()))
-        elif text == "\\binom":
-            x = ("binom", self.arg(), self.arg())
-        elif text == "\\sqrt":
-            index = self.expr() if self.accept("[") else None
-            if index is not None:
-                self.take("]")
-            x = ("root", self.arg(), index)
-        else:
-            raise _Unparsed("unexpected " + text)
-        self.nest(-1)
-        return x
+    def atom():
+        nonlocal bars
+        kind, text = take()
+        if kind in ("num", "name", "const"):
+            return ("num", _number(text)) if kind == "num" else (
+                "var" if kind == "name" else "const", text)
+        if kind == "func":
+            return function(text)
+        if text in _CLOSERS:
+            bars += text == "|"
+            inner = expr()
+            take(_CLOSERS[text])
+            bars -= text == "|"
+            return ("fn", _WRAPPERS[text], inner) if text in _WRAPPERS else inner
+        if text == "\\sqrt":
+            index = None
+            if accept("["):
+                index = expr()
+                take("]")
+            return ("root", arg(), index)
+        if text in ("\\frac", "\\binom"):
+            a, b = arg(), arg()
+            return ("*", a, ("inv", b)) if text == "\\frac" else ("binom", a, b)
+        raise _Unparsed("unexpected " + text)
 
-    def function(self, name):
+    def function(name):
         """\\sin x, \\sin(2t), \\sin^2 x, \\sin^{-1} x, \\log_2 8, \\ln 2: a group or a run of
         simple factors is the argument."""
-        base = self.arg() if name == "log" and self.accept("_") else None
-        exponent = self.arg() if self.accept("^") else None
+        base = arg() if name == "log" and accept("_") else None
+        exponent = arg() if accept("^") else None
         if exponent == ("neg", ("num", 1)) and name in ("sin", "cos", "tan"):
             name, exponent = "arc" + name, None
-        if self.peek()[1] in ("(", "[", "{"):
-            x = self.atom()
+        if peek()[1] in ("(", "[", "{"):
+            x = nested(atom)
         else:
-            factors = [self.power()]
-            while self.peek()[0] in ("num", "name", "const"):
-                factors.append(self.power())
-            x = factors[0] if len(factors) == 1 else ("*",) + tuple(factors)
+            factors = [power()]
+            while peek()[0] in ("num", "name", "const"):
+                factors.append(power())
+            x = factors[0] if len(factors) == 1 else ("*", *factors)
         x = ("root", x, None) if name == "sqrt" else ("log", x, base) if base else ("fn", name, x)
         return x if exponent is None else ("^", x, exponent)
 
+    tree = expr()
+    if toks:
+        raise _Unparsed("trailing tokens")
+    return tree
 
-def _mixed_number(whole, frac):
+
+def _mixed(whole, frac):
     """The mixed number of 1 and \\frac{4}{5} (or -1 and it), or None if that is not their form."""
-    sign, w = (-1, whole[1]) if whole[0] == "neg" else (1, whole)
-    if (w[0] != "num" or w[1].denominator != 1 or frac[0] != "*" or len(frac) != 3
-            or frac[1][0] != "num" or frac[2][0] != "inv" or frac[2][1][0] != "num"):
-        return None
-    p, q = frac[1][1], frac[2][1][1]
-    if not (p.denominator == q.denominator == 1 and 0 < p < q):
-        return None
-    value = w[1] + p / q
-    return ("num", value) if sign > 0 else ("neg", ("num", value))
+    match whole, frac:
+        case (("num", w) | ("neg", ("num", w))), ("*", ("num", p), ("inv", ("num", q))) if (
+                w.denominator == p.denominator == q.denominator == 1 and 0 < p < q):
+            return ("num", w + p / q) if whole[0] == "num" else ("neg", ("num", w + p / q))
+    return None
 
 
 def _number(text):
     """The exact value of a number literal: '4.5e33', '.25', '1.', and '0.1r6' for 0.1666..."""
     text, _, repeat = text.partition("r")
     mantissa, _, exponent = text.partition("e")
-    whole, _, decimals = mantissa.partition(".")
-    if len(whole) + len(decimals) + len(repeat) > MAX_DIGITS or len(exponent) > 6:
+    decimals = mantissa.partition(".")[2]
+    if len(mantissa.replace(".", "")) + len(repeat) > MAX_DIGITS or len(exponent) > 6:
         raise _Unparsed("number too long")
-    e = int(exponent or "0")
-    if abs(e) > MAX_EXP10:  # checked before 10 ** e is computed
+    if abs(int(exponent or "0")) > MAX_EXP10:  # checked before 10 ** e is computed
         raise _Unparsed("exponent too large")
-    value = Fraction(int(whole + decimals or "0"), 10 ** len(decimals))
+    value = Fraction(mantissa if mantissa.strip(".") else 0)  # \frac1. leaves '.' to read
     if repeat:
         value += Fraction(int(repeat), 10 ** len(decimals) * (10 ** len(repeat) - 1))
-    return value * Fraction(10) ** e
-
-
-def _parse(s):
-    """The expression tree of a canonical string; _Unparsed if it is not one expression."""
-    parser = _Parser(_tokenize(s))
-    tree = parser.expr()
-    if parser.i != len(parser.toks):
-        raise _Unparsed("trailing tokens")
-    return tree
+    return value * Fraction(10) ** int(exponent or "0")
 
 
 _CONSTANTS = {"pi": complex(math.pi), "e": complex(math.e), "i": 1j, "infty": complex(math.inf)}
@@ -660,11 +607,11 @@ _CMATH = {"arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan, "ln"
           "csc": lambda z: 1 / cmath.sin(z)}
 
 
-def _integer(a):
-    """The int an exact integer value holds; ValueError for anything else."""
-    if type(a) is Fraction and a.denominator == 1:
-        return a.numerator
-    raise ValueError("not an integer")
+def _integer(a, bounded=False):
+    """The int of an exact integer, in 0..MAX_FACTORIAL if `bounded`; else ValueError."""
+    if type(a) is not Fraction or a.denominator != 1 or bounded and not 0 <= a <= MAX_FACTORIAL:
+        raise ValueError("not an integer in range")
+    return a.numerator
 
 
 def _power(a, b):
@@ -688,31 +635,36 @@ def _apply(name, x):
     if name == "abs":
         return abs(x) if type(x) is Fraction else complex(abs(x))
     if name in ("floor", "ceil"):
-        if not type(x) is Fraction:
-            if abs(x.imag) > 1e-12:
-                raise ValueError("floor of a complex number")
-            x = x.real
+        if type(x) is not Fraction and abs(x.imag) > 1e-12:
+            raise ValueError("floor of a complex number")
+        x = x if type(x) is Fraction else x.real
         return Fraction(math.floor(x) if name == "floor" else math.ceil(x))
     if name == "fact":
-        n = _integer(x)
-        if not 0 <= n <= MAX_FACTORIAL:
-            raise ValueError("factorial out of range")
-        return Fraction(math.factorial(n))
+        return Fraction(math.factorial(_integer(x, bounded=True)))
     if x == 0 and type(x) is Fraction and name in ("sin", "tan", "arcsin", "arctan", "sinh", "tanh"):
         return Fraction(0)
     return complex((getattr(cmath, name, None) or _CMATH[name])(complex(x)))
+
+
+# How each node combines its children's values; a function's name, a root's index None pass as is.
+_OPERATIONS = {
+    "neg": lambda x: -1 * x,  # for a complex, as the product (-1+0j) * x
+    "inv": lambda x: 1 / x,
+    "^": _power,
+    "root": lambda x, index: _power(x, 1 / (Fraction(2) if index is None else index)),
+    "log": lambda x, base: cmath.log(complex(x)) / cmath.log(complex(base)),
+    "binom": lambda n, k: Fraction(
+        math.comb(_integer(n, True), _integer(k)) if _integer(k) >= 0 else 0),
+    "fn": _apply,
+}
 
 
 def _eval(node, env):
     """Value of a tree with variables bound by env: a Fraction when exact arithmetic suffices,
     else a complex. Raises ArithmeticError or ValueError where the value is undefined."""
     kind = node[0]
-    if kind == "num":
-        return node[1]
-    if kind == "var":
-        return env[node[1]]
-    if kind == "const":
-        return _CONSTANTS[node[1]]
+    if kind in ("num", "var", "const"):
+        return node[1] if kind == "num" else env[node[1]] if kind == "var" else _CONSTANTS[node[1]]
     if kind in ("+", "*"):
         total = Fraction(kind == "*")
         for child in node[1:]:
@@ -721,23 +673,7 @@ def _eval(node, env):
             if type(total) is Fraction and max(total.as_integer_ratio()).bit_length() > MAX_BITS:
                 raise OverflowError("rational too large")  # exact, but no longer cheap
         return total
-    if kind == "neg":
-        return -1 * _eval(node[1], env)  # for a complex, as the product (-1+0j) * x
-    if kind == "inv":
-        return 1 / _eval(node[1], env)
-    if kind == "^":
-        return _power(_eval(node[1], env), _eval(node[2], env))
-    if kind == "root":
-        index = Fraction(2) if node[2] is None else _eval(node[2], env)
-        return _power(_eval(node[1], env), 1 / index)
-    if kind == "log":
-        return cmath.log(complex(_eval(node[1], env))) / cmath.log(complex(_eval(node[2], env)))
-    if kind == "binom":
-        n, k = _integer(_eval(node[1], env)), _integer(_eval(node[2], env))
-        if not 0 <= n <= MAX_FACTORIAL:
-            raise ValueError("binomial out of range")
-        return Fraction(math.comb(n, k) if k >= 0 else 0)
-    return _apply(node[1], _eval(node[2], env))
+    return _OPERATIONS[kind](*(_eval(c, env) if type(c) is tuple else c for c in node[1:]))
 
 
 def _variables(node):
@@ -805,11 +741,8 @@ def _proportional(a, b, positive):
     and inequalities are compared through their sides' differences this way."""
     pairs, needed = _value_pairs(a, b)
     zero = [(abs(x) < 1e-12, abs(y) < 1e-12) for x, y in pairs]  # exactly 0 for a Fraction
-    pairs = [pair for pair, z in zip(pairs, zero) if z != (True, True)]
-    if any(z in ((True, False), (False, True)) for z in zero):
-        return False
-    ratios = [x / y for x, y in pairs]
-    if len(ratios) < needed:
+    ratios = [x / y for (x, y), (zx, _) in zip(pairs, zero) if not zx]
+    if any(zx != zy for zx, zy in zero) or len(ratios) < needed:
         return False
     c = ratios[0]
     if positive and not (c > 0 if type(c) is Fraction else c.real > 0 and abs(c.imag) < 1e-12):
@@ -838,12 +771,9 @@ def _split_top(s, seps):
                 found.append(sep)
                 i = start = i + len(sep)
                 continue
-        c = s[i]
-        if c == "\\" and i + 1 < n and s[i + 1] in "{}\\":  # \{ \} are brackets; \\ is one token
-            depth += (s[i + 1] == "{") - (s[i + 1] == "}")
-            i += 2
-            continue
-        depth += (c in "([{") - (c in ")]}")
+        if s[i] == "\\" and i + 1 < n and s[i + 1] in "{}\\":  # \{ \} are brackets; \\ one token
+            i += 1
+        depth += (s[i] in "([{") - (s[i] in ")]}")
         i += 1
     parts.append(s[start:].strip())
     return parts, found
@@ -851,8 +781,8 @@ def _split_top(s, seps):
 
 def _expand_pm(s):
     """'1 \\pm \\sqrt{2}' stands for two answers, '1 + \\sqrt{2}' and '1 - \\sqrt{2}'."""
-    bracketed = s[:1] in ("(", "[", "\\") and _closes_at_end(s[s[0] == "\\":])
-    if bracketed or s.count("\\pm") + s.count("\\mp") > 3:
+    if s.count("\\pm") + s.count("\\mp") > 3 or (
+            s[:1] in ("(", "[", "\\") and _closes_at_end(s[s[0] == "\\":])):
         return [s]  # a set or tuple expands its own items; more than 3 is not an answer
     for sign in ("\\pm", "\\mp"):
         k = s.find(sign)
@@ -887,7 +817,8 @@ def _structure(s, depth=0):
     """The structure of a canonical answer, one of
     ("list", items) comma-separated answers, ("set", items), ("seq", open, close, items) for
     tuples and intervals, ("union", parts), ("matrix", rows), ("rel", ops, sides, name) for
-    equations and inequalities (name is x in an assignment x = ...), ("expr", tree), ("text", s)."""
+    equations and inequalities (name is x in an assignment x = ...; written with <, \\le, =, \\ne
+    only, so that a > b becomes b < a), ("expr", tree), ("text", s)."""
     if depth > 8:
         return _text(s)
     s = _split_top(s, ("\\in",))[0][-1]  # 'x \in [1, 2]' answers [1, 2]
@@ -915,9 +846,11 @@ def _structure(s, depth=0):
     sides, ops = _split_top(s, _RELATIONS)
     try:
         if ops:
-            trees = tuple(("expr", _parse(side)) for side in sides)
-            name = sides[0] if ops == ["="] and _is_name(sides[0]) else ""
-            return ("rel", tuple(ops), trees, name.replace(" ", ""))
+            ops, trees = tuple(ops), tuple(("expr", _parse(side)) for side in sides)
+            if any(op in _FLIPPED for op in ops) and not any(op in ("<", "\\le") for op in ops):
+                ops, trees = tuple(_FLIPPED.get(op, op) for op in ops[::-1]), trees[::-1]
+            name = sides[0] if ops == ("=",) and _is_name(sides[0]) else ""
+            return ("rel", ops, trees, name.replace(" ", ""))
         return ("expr", _parse(s))
     except _Unparsed:
         return _text(s)
@@ -925,8 +858,7 @@ def _structure(s, depth=0):
 
 def _is_name(s):
     """Is s a variable or function name that an answer can assign: x, a_1, f(x), N(n)?"""
-    if s.endswith(")") and "(" in s:
-        s = s[:s.find("(")]
+    s = s.partition("(")[0] if s.endswith(")") else s
     try:
         toks = _tokenize(s)
     except _Unparsed:
@@ -938,8 +870,7 @@ def _matrix(s, depth):
     """('matrix', rows) of \\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any environment)."""
     body = s[s.find("}") + 1:s.rfind("\\end{")]
     if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
-        body = body.lstrip()
-        body = body[_match_brace(body, 0) + 1:]
+        body = body.lstrip()[_match_brace(body.lstrip(), 0) + 1:]
     rows = [r for r in _split_top(body, ("\\\\",))[0] if r]
     if not rows or len(rows) > MAX_ITEMS:
         return _text(s)
@@ -949,13 +880,9 @@ def _matrix(s, depth):
 
 def _same_items(ps, gs, ordered):
     """Do two sequences of structures match one to one, in order or in any order?"""
-    if len(ps) != len(gs):
-        return False
-    if all(_same(p, g) for p, g in zip(ps, gs)):
-        return True
-    if ordered:
-        return False
-    unused = list(gs)
+    if len(ps) != len(gs) or ordered:
+        return len(ps) == len(gs) and all(map(_same, ps, gs))
+    unused = list(gs)  # first match for each in turn: the identity first when it works
     for p in ps:
         k = next((k for k, g in enumerate(unused) if _same(p, g)), None)
         if k is None:
@@ -964,18 +891,10 @@ def _same_items(ps, gs, ordered):
     return True
 
 
-def _oriented(rel):
-    """(ops, sides) of a relation written with <, \\le, =, \\ne only: a > b becomes b < a."""
-    ops, sides = rel[1], rel[2]
-    if any(op in _FLIPPED for op in ops) and not any(op in ("<", "\\le") for op in ops):
-        return tuple(_FLIPPED.get(op, op) for op in ops[::-1]), sides[::-1]
-    return ops, sides
-
-
 def _as_interval(rel):
     """The interval a one-variable inequality describes (x > 2 is (2, oo), -1 <= x < 3 is
     [-1, 3)), or None."""
-    ops, sides = _oriented(rel)
+    ops, sides = rel[1], rel[2]
     lone = [k for k, side in enumerate(sides) if side[1][0] == "var"]
     if len(ops) > 2 or len(lone) != 1 or any(op not in ("<", "\\le") for op in ops):
         return None
@@ -994,14 +913,13 @@ def _same_relation(p, g):
     if p[0] == "rel" and g[0] == "rel":
         if p[3] and p[3] == g[3]:
             return _same(p[2][1], g[2][1])
-        (po, ps), (go, gs) = _oriented(p), _oriented(g)
+        (po, ps), (go, gs) = p[1:3], g[1:3]
         if po != go:
             return False
         if len(po) > 1:
             return all(_same_value(a[1], b[1]) for a, b in zip(ps, gs))
-        difference_p = ("+", ps[0][1], ("neg", ps[1][1]))
-        difference_g = ("+", gs[0][1], ("neg", gs[1][1]))
-        return _proportional(difference_p, difference_g, positive=po[0] in ("<", "\\le"))
+        differences = [("+", sides[0][1], ("neg", sides[1][1])) for sides in (ps, gs)]
+        return _proportional(*differences, positive=po[0] in ("<", "\\le"))
     rel, other = (p, g) if p[0] == "rel" else (g, p)
     if rel[3]:
         return _same(rel[2][1], other)
@@ -1059,18 +977,16 @@ def _main():
                         help="also take the last number of an unmarked response")
     args = parser.parse_args()
     if args.file:
-        correct = total = skipped = 0
+        verdicts, skipped = [], 0
         with open(args.file, encoding="utf-8") as f:
             for line in filter(str.strip, f):
                 try:  # numbers stay text, as they were written: 0.50 is graded as "0.50"
                     row = json.loads(line, parse_int=str, parse_float=str)
-                    response, gold = row["response"], str(row["answer"])
+                    verdicts.append(grade(row["response"], str(row["answer"]), args.fallback))
                 except (KeyError, TypeError, ValueError, RecursionError):
                     skipped += 1
-                    continue
-                total += 1
-                correct += grade(response, gold, args.fallback)
-        print(f"accuracy {correct}/{total} = {correct / max(total, 1):.4f}"
+        right, total = sum(verdicts), len(verdicts)
+        print(f"accuracy {right}/{total} = {right / max(total, 1):.4f}"
               + (f" ({skipped} unreadable lines skipped)" if skipped else ""))
     elif args.gold is not None:
         answer = extract_answer(args.response, args.fallback)
