@@ -2,7 +2,7 @@
 
     python verify.py "... so \\boxed{\\frac{1}{2}}." "0.5"   # prints the answer and the verdict
     python verify.py --file results.jsonl      # lines of {"response": ..., "answer": ...}
-    python verify.py --fallback ...            # also take the last number of an unmarked response
+    python verify.py --fallback ...            # evaluation: also read an unmarked answer in prose
 
 SCOPE routes every rollout through `grade`: a wrong verdict either sends a correct answer to
 teacher correction or reinforces a wrong one. The checker works in four steps, one section each:
@@ -60,7 +60,8 @@ def is_equivalent(pred: str, gold: str) -> bool:
         letter = _choice(golds[0])
         if letter and golds[0].replace(" ", "") in (letter, "(" + letter + ")"):
             return _choice(preds[0]) == letter
-        return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds)
+        return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds
+                   ) or _rounds_to(preds[0], golds[0])
     except Exception:  # a bug here must cost one verdict, not a training run
         return False
 
@@ -68,7 +69,7 @@ def is_equivalent(pred: str, gold: str) -> bool:
 def extract_answer(text: str, fallback: bool = False) -> str | None:
     """The final answer after the last </think> (None if <think> never closes): the last \\boxed{}
     or \\fbox{} (None if empty or unclosed), else a `####` line, else "the answer is ..." or "Final
-    Answer: ...", else a short one-line response itself, else, with `fallback`, the last number."""
+    Answer: ...", else a short one-line response itself, else, with `fallback`, prose's answer."""
     if not isinstance(text, str):
         return None
     try:
@@ -83,10 +84,11 @@ def extract_answer(text: str, fallback: bool = False) -> str | None:
             answer = text[text.rfind("####") + 4:].strip().split("\n")[0]
         if answer is None:
             answer = _phrase_answer(text)
-        if answer is None and "\n" not in text.strip() and len(text) <= 200:
-            answer = text
+        if answer is None and len(text) <= 200 and "\n" not in (_clean(text) or "\n"):
+            prose = sum(len(w) > 2 and w.strip(".,;:").isalpha() for w in text.split()) >= 3
+            answer = None if fallback and prose else text  # a bare answer, maybe in $...$ or \[\]
         if answer is None and fallback:
-            answer = _last_number(text)
+            answer = _prose_answer(text)
         return None if answer is None else _clean(answer)
     except Exception:
         return None
@@ -160,19 +162,17 @@ def _phrase_answer(text):
     return line.split(". ")[0].split(".\t")[0]
 
 
-def _last_number(text):
-    """The last number in the text ('-3', '1,000', '2.5'), or None."""
-    j = len(text)
-    while j > 0 and not text[j - 1].isdigit():
-        j -= 1
-    if j == 0:
-        return None
-    i = j
-    while i > 0 and (text[i - 1].isdigit() or text[i - 1] in ".,"):
-        i -= 1
-    if i > 0 and text[i - 1] == "-":
-        i -= 1
-    return text[i:j].strip(".,").replace(",", "")
+def _prose_answer(text):
+    """The answer of an unmarked response: in its last clause (after the last '. ', ';' or line
+    break), the last $...$, else the last number ('1,250' as 1250; in '12 cm^2' not the 2)."""
+    clause = text.strip().rstrip(".")
+    for stop in (". ", ".\n", "\n", ";"):
+        clause = clause.split(stop)[-1]
+    if clause.count("$") - clause.count("\\$") >= 2:
+        return clause.replace("\\$", "").split("$")[-2]
+    words = [w.strip(".,:!?()") for w in clause.replace("\\$", " ").split()]
+    numbers = [w for w in words if w.lstrip("-").replace(",", "").replace(".", "", 1).isdigit()]
+    return (_without_thousands(numbers[-1]) or numbers[-1]) if numbers else None
 
 
 def _clean(answer):
@@ -191,7 +191,7 @@ def _clean(answer):
 
 _UNICODE = str.maketrans({
     "\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
-    "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
+    "\u2248": "=", "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ",
     "\u2260": "\\ne ", "\u222a": "\\cup ", "\u2208": "\\in ", "\u00b1": "\\pm ", "\u00b2": "^2",
     "\u00b3": "^3", "\u2032": "'", "\u2218": "\u00b0", "\u03b8": "\\theta ", "\u03b1": "\\alpha ",
     "\u03b2": "\\beta ", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\n": " ", "\t": " ",
@@ -208,7 +208,8 @@ _COMMANDS = {
     "cfrac": "\\frac", "dbinom": "\\binom", "tbinom": "\\binom", "cdot": "*", "times": "*",
     "ast": "*", "div": "/", "lt": "<", "gt": ">", "leq": "\\le", "leqslant": "\\le", "geq": "\\ge",
     "geqslant": "\\ge", "neq": "\\ne", "circ": "\u00b0", "degree": "\u00b0", "prime": "'",
-    "lvert": "|", "rvert": "|", "vert": "|", "infin": "\\infty",
+    "lvert": "|", "rvert": "|", "vert": "|", "infin": "\\infty", "approx": "=", "langle": "(",
+    "rangle": ")",
 }
 
 _DIGITS = "0123456789"
@@ -344,11 +345,11 @@ def _readings(answer):
     s = _rewrite_commands("".join(parts).translate(_UNICODE)).replace("$", "")
     s = _drop_words(" ".join(_resolve_text(s).split()))
     for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
-                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", ""),
+                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", ""), (":", "/"),
                      ("^{\u00b0}", "\u00b0"), ("^\u00b0", "\u00b0")):
         s = s.replace(old, new)
     degrees, percent = "\u00b0" in s, "%" in s
-    s = s.replace("\u00b0", "").replace("%", "").strip().rstrip(".,").strip()
+    s = s.replace("\u00b0", "").replace("%", "").strip(" =").rstrip(".,").strip()  # \approx 3.7
     while s.startswith("{") and _closes_at_end(s):
         s = s[1:-1].strip()
     s = _without_thousands(s) or s
@@ -505,8 +506,14 @@ def _parse(s):
                     "(", "[", "{", "\\frac", "\\sqrt", "\\binom", "\\lfloor", "\\lceil") or (
                     tok[1] == "|" and bars == 0):
                 factor = power()  # 1\frac{4}{5} is one and four fifths
-                mixed = tok == ("op", "\\frac") and len(factors) == 1 and _mixed(factors[0], factor)
-                factors = [mixed] if mixed else factors + [factor]
+                match factors, factor, tok:  # 1\frac{4}{5} is one and four fifths
+                    case [("num", w) | ("neg", ("num", w))], ("*", ("num", p), (
+                            "inv", ("num", q))), ("op", "\\frac") if 0 < p < q and (
+                                w.denominator == p.denominator == q.denominator == 1):
+                        mixed = ("num", w + p / q)
+                        factors = [mixed if factors[0][0] == "num" else ("neg", mixed)]
+                    case _:
+                        factors.append(factor)
             else:
                 return factors[0] if len(factors) == 1 else ("*", *factors)
 
@@ -575,15 +582,6 @@ def _parse(s):
     if toks:
         raise _Unparsed("trailing tokens")
     return tree
-
-
-def _mixed(whole, frac):
-    """The mixed number of 1 and \\frac{4}{5} (or -1 and it), or None if that is not their form."""
-    match whole, frac:
-        case (("num", w) | ("neg", ("num", w))), ("*", ("num", p), ("inv", ("num", q))) if (
-                w.denominator == p.denominator == q.denominator == 1 and 0 < p < q):
-            return ("num", w + p / q) if whole[0] == "num" else ("neg", ("num", w + p / q))
-    return None
 
 
 def _number(text):
@@ -791,14 +789,6 @@ def _expand_pm(s):
     return [s]
 
 
-def _is_words(s):
-    """Is s plain text: letters, spaces and a little punctuation, with a word of two or more
-    letters that is not a function name ('Evelyn', 'an ellipse', but not 'x' or 'cot x')?"""
-    runs = "".join(c if _is_letter(c) else " " for c in s).split()
-    return (all(_is_letter(c) or c in " .'" for c in s)
-            and any(len(r) >= 2 and not r.startswith(_FUNCTIONS) for r in runs))
-
-
 def _text(s):
     """Canonical text: lower case, without a leading article, spaces or braces."""
     words = s.translate(_ASCII_LOWER).replace("{", " ").replace("}", " ").split()
@@ -834,16 +824,28 @@ def _structure(s, depth=0):
     if s[:1] in ("(", "[") and _closes_at_end(s) and s[1:].lstrip().startswith("\\begin{"):
         s = s[1:-1].strip()  # \left( \begin{array} ... \end{array} \right)
     if s.startswith("\\begin{"):
-        return _matrix(s, depth)
+        body = s[s.find("}") + 1:s.rfind("\\end{")]  # \begin{pmatrix} a & b \\ c & d \end{pmatrix}
+        if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
+            body = body.lstrip()[_match_brace(body.lstrip(), 0) + 1:]
+        rows = [r for r in _split_top(body, ("\\\\",))[0] if r]
+        if not rows or len(rows) > MAX_ITEMS:
+            return _text(s)
+        return ("matrix", tuple(tuple(_structure(c, depth + 1) for c in _split_top(r, ("&",))[0])
+                                for r in rows))
     if s.startswith("\\{") and s.endswith("\\}") and _closes_at_end(s[1:-1] + "}"):
         return ("set", tuple(_structure(a, depth + 1) for a in _answers(s[2:-2])))
     if s[:1] in ("(", "[") and s[-1:] in (")", "]") and _closes_at_end(s):
         inner = _split_top(s[1:-1], (",",))[0]
         if len(inner) > 1:
             return ("seq", s[0], s[-1], tuple(_structure(a, depth + 1) for a in inner))
-    if _is_words(s):
+    runs = "".join(c if _is_letter(c) else " " for c in s).split()  # plain text: 'an ellipse',
+    if all(_is_letter(c) or c in " .'" for c in s) and any(  # not 'x' nor 'cot x'
+            len(r) >= 2 and not r.startswith(_FUNCTIONS) for r in runs):
         return _text(s)
     sides, ops = _split_top(s, _RELATIONS)
+    if ops == ["="] and "," in sides[0] and _is_name(sides[0]):  # (a, b) = (1, 5) names a pair
+        return ("rel", ("=",), (_text(sides[0]), _structure(sides[1], depth + 1)),
+                "(" + ",".join(_text(n)[1] for n in _split_top(sides[0][1:-1], (",",))[0]) + ")")
     try:
         if ops:
             ops, trees = tuple(ops), tuple(("expr", _parse(side)) for side in sides)
@@ -857,25 +859,14 @@ def _structure(s, depth=0):
 
 
 def _is_name(s):
-    """Is s a variable or function name that an answer can assign: x, a_1, f(x), N(n)?"""
-    s = s.partition("(")[0] if s.endswith(")") else s
+    """Is s what an answer can name: x, a_1, f(x), a segment PQ, a pair (a, b), a ratio S_1:S_2?"""
+    s = s.partition("(")[0] if s.endswith(")") and s[:1] != "(" else s.strip("()")
     try:
-        toks = _tokenize(s)
+        names = [_tokenize(part) for part in s.replace("/", ",").split(",")]
     except _Unparsed:
         return False
-    return len(toks) == 1 and toks[0][0] == "name"
-
-
-def _matrix(s, depth):
-    """('matrix', rows) of \\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any environment)."""
-    body = s[s.find("}") + 1:s.rfind("\\end{")]
-    if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
-        body = body.lstrip()[_match_brace(body.lstrip(), 0) + 1:]
-    rows = [r for r in _split_top(body, ("\\\\",))[0] if r]
-    if not rows or len(rows) > MAX_ITEMS:
-        return _text(s)
-    return ("matrix", tuple(tuple(_structure(c, depth + 1) for c in _split_top(r, ("&",))[0])
-                            for r in rows))
+    return all(toks and {kind for kind, _ in toks} == {"name"} and (
+        len(toks) == 1 or all(t.isupper() for _, t in toks)) for toks in names)
 
 
 def _same_items(ps, gs, ordered):
@@ -889,21 +880,6 @@ def _same_items(ps, gs, ordered):
             return False
         del unused[k]
     return True
-
-
-def _as_interval(rel):
-    """The interval a one-variable inequality describes (x > 2 is (2, oo), -1 <= x < 3 is
-    [-1, 3)), or None."""
-    ops, sides = rel[1], rel[2]
-    lone = [k for k, side in enumerate(sides) if side[1][0] == "var"]
-    if len(ops) > 2 or len(lone) != 1 or any(op not in ("<", "\\le") for op in ops):
-        return None
-    k = lone[0]
-    low = sides[k - 1] if k > 0 else ("expr", ("neg", ("const", "infty")))
-    high = sides[k + 1] if k + 1 < len(sides) else ("expr", ("const", "infty"))
-    opening = "[" if k > 0 and ops[k - 1] == "\\le" else "("
-    closing = "]" if k < len(ops) and ops[k] == "\\le" else ")"
-    return ("seq", opening, closing, (low, high))
 
 
 def _same_relation(p, g):
@@ -923,8 +899,17 @@ def _same_relation(p, g):
     rel, other = (p, g) if p[0] == "rel" else (g, p)
     if rel[3]:
         return _same(rel[2][1], other)
-    interval = _as_interval(rel) if other[0] == "seq" else None
-    return interval is not None and _same(interval, other)
+    ops, sides = rel[1], rel[2]  # an inequality in one variable against an interval
+    lone = [k for k, side in enumerate(sides) if side[1][0] == "var"]
+    if other[0] != "seq" or len(ops) > 2 or len(lone) != 1 or any(
+            op not in ("<", "\\le") for op in ops):
+        return False
+    k = lone[0]  # x > 2 is (2, oo), -1 <= x < 3 is [-1, 3)
+    low = sides[k - 1] if k > 0 else ("expr", ("neg", ("const", "infty")))
+    high = sides[k + 1] if k + 1 < len(sides) else ("expr", ("const", "infty"))
+    brackets = ("[" if k > 0 and ops[k - 1] == "\\le" else "(",
+                "]" if k < len(ops) and ops[k] == "\\le" else ")")
+    return _same(("seq", *brackets, (low, high)), other)
 
 
 def _same(p, g):
@@ -932,9 +917,14 @@ def _same(p, g):
     if p == g:
         return True
     kinds = (p[0], g[0])
+    for x, y in ((p, g), (g, p)):  # (a, b) = (1, 5) against a = 1, b = 5
+        if x[0] == "rel" and x[3][:1] == "(" and y[0] == "list" and {i[0] for i in y[1]} == {"rel"}:
+            names = "(" + ",".join(i[3] for i in y[1]) + ")"
+            return names == x[3] and _same(x[2][1], ("seq", "(", ")", tuple(i[2][1] for i in y[1])))
     if "list" in kinds or "set" in kinds:
-        items = [x[1] if x[0] in ("list", "set") else (x,) for x in (p, g)]
-        return _same_items(*items, ordered=False)
+        items = [x[1] if x[0] in ("list", "set", "union") else (x,) for x in (p, g)]
+        named = [len({x[3] for x in xs if x[0] == "rel" and x[3]}) == len(xs) for xs in items]
+        return _same_items(*items, ordered=named[0] != named[1])  # PQ=6, RS=2 is not 2, 6
     if kinds == ("seq", "seq"):
         return p[1] == g[1] and p[2] == g[2] and _same_items(p[3], g[3], ordered=True)
     if kinds == ("union", "union"):
@@ -951,6 +941,16 @@ def _same(p, g):
     if kinds == ("expr", "expr"):
         return _same_value(p[1], g[1])
     return False
+
+
+def _rounds_to(pred, gold):
+    """Does an exact value round to a decimal gold of 3 or more significant digits (11/3, 3.67)?"""
+    digits = gold.lstrip("-").replace(".", "", 1)
+    if "." not in gold or not digits.isdigit() or len(digits.lstrip("0")) < 3:
+        return False
+    p = _structure(pred)
+    x = _values(p[1], ())[0] if p[0] == "expr" and not _variables(p[1]) else None
+    return x is not None and abs(x - Fraction(gold)) * 10 ** (len(gold) - gold.find(".")) <= 5
 
 
 def _choice(s):
@@ -974,7 +974,7 @@ def _main():
     parser.add_argument("gold", nargs="?", help="the gold answer")
     parser.add_argument("--file", help='a JSONL file of {"response": ..., "answer": ...} to regrade')
     parser.add_argument("--fallback", action="store_true",
-                        help="also take the last number of an unmarked response")
+                        help="evaluation mode: also read an unmarked answer in prose")
     args = parser.parse_args()
     if args.file:
         verdicts, skipped = [], 0

@@ -47,6 +47,10 @@ CASES = [
     ("approx", "\\boxed{2.8}", "2.83", False, True),
     ("approx", "\\boxed{0.5}", "\\frac{1}{3}", False, True),
     ("approx", "The time is approximately 3.7 seconds.", "3.7", True, False),
+    ("approx", "\\boxed{0.54}", "0.5", False, True),
+    ("approx", "\\boxed{\\frac{1}{3}}", "0.3", False, True),
+    ("approx", "\\boxed{\\pi}", "3.14", True, True),
+    ("approx", "$t \\approx 3.7$", "3.7", True, True),
     # --- a gold that names its answer, and the reverse ----------------------------------------
     ("named", "\\boxed{(1, 5)}", "(a,b)=(1,5)", True, True),
     ("named", "\\boxed{(5, 1)}", "(a,b)=(1,5)", False, True),
@@ -60,6 +64,8 @@ CASES = [
     ("named", "\\boxed{\\frac{1}{4}}", "S_1:S_2=1:4", True, True),
     ("named", "\\boxed{S_1 : S_2 = 1 : 4}", "1:4", True, True),
     ("named", "\\boxed{xy = 6}", "6", False, True),
+    ("named", "\\boxed{PQ = 6}", "6", True, True),
+    ("named", "\\boxed{x = 1, y = 2}", "(x,y)=(2,1)", False, True),
     # --- tuples, intervals, inequalities and matrices in other spellings ------------------------
     ("spelling", "\\boxed{\\langle 1, 2, 3 \\rangle}", "(1,2,3)", True, True),
     ("spelling", "\\boxed{\\langle 1, 2, 3 \\rangle}", "(3,2,1)", False, True),
@@ -74,6 +80,8 @@ CASES = [
      "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", False, True),
     ("spelling", "\\boxed{(-\\infty, -1) \\cup (1, \\infty)}", "x < -1 \\text{ or } x > 1", True,
      True),
+    ("spelling", "\\boxed{(-\\infty, -1) \\cup (1, \\infty)}", "x < -1 \\text{ or } x > 2", False,
+     True),
     # --- thousands separators and units inside prose -----------------------------------------
     ("prose-units", "In all the school raised \\$1,250 for the trip.", "1250", True, False),
     ("prose-units", "In all the school raised \\$1,250 for the trip.", "250", False, False),
@@ -82,4 +90,6 @@ CASES = [
     ("prose-units", "The tank holds 2,000 liters when full.", "2000", True, False),
     ("prose-units", "So the garden is 15 m^2 in area.", "15", True, False),
     ("prose-units", "So the garden is 15 m^2 in area.", "2", False, False),
+    ("prose-units", "The side is 3 m, so the area is 3^2 = 9 square meters.", "9", True, False),
+    ("prose-units", "The side is 3 m, so the area is 3^2 = 9 square meters.", "3", False, False),
 ]
