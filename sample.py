@@ -18,6 +18,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -393,6 +394,8 @@ def setup_distributed(backend: str | None = None, timeout=None):
     else:
         device = torch.device("cpu")
     if world > 1:
+        # how long a rank waits for the others: torch's 30 minutes unless SCOPE_COLLECTIVE_TIMEOUT_S says (tests)
+        timeout = timeout or timedelta(seconds=float(os.environ.get("SCOPE_COLLECTIVE_TIMEOUT_S", 1800)))
         # on GPU, gloo beside nccl: the few small numbers the trainer reduces live on the CPU
         dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
         return dist.get_rank(), world, device

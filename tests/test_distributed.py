@@ -1,19 +1,23 @@
 """FSDP2 through torchrun on CPU (gloo): the same update as one process, and generation that never hangs."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+from unittest.mock import patch
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import scope
+import toy
 from conftest import ROOT, tiny_args
+from sample import batch_indices, micro_batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SCOPE_COLLECTIVE_TIMEOUT_S": "90"}  # a hang fails, not waits 30 min
 
 
 def torchrun(args: list[str], timeout: int = 240) -> str:
@@ -23,8 +27,11 @@ def torchrun(args: list[str], timeout: int = 240) -> str:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun ends its workers, which run in sessions of their own
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(f"torchrun {' '.join(args)} hung for {timeout} s")
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     return out
@@ -70,3 +77,41 @@ def test_toy_config_trains_under_torchrun_and_its_checkpoint_reloads(toy_world, 
     assert [m["step"] for m in metrics] == [1, 2] and all("eval_accuracy" in m for m in metrics)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_ranks_with_very_different_prompt_lengths_train_every_step_and_match_one_process(tiny_pair, tmp_path):
+    """Half the problems carry 60 extra leading tokens. Micro-batches hold one group at the long width
+    and up to five at the short one: a rank sized from its own width alone would run fewer FSDP
+    collectives than the other and hang. The split is chosen so that one step gives rank 0 only short
+    prompts and rank 1 a long one."""
+    student, teacher, _ = tiny_pair
+    rng = random.Random(3)
+    rows = [toy.make_problem(rng) for _ in range(16)]
+    for r in rows[::2]:
+        r["problem"] = "1 " * 60 + r["problem"]
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    long = [r["problem"].startswith("1 ") for r in rows]
+    seed = next(s for s in range(100) if any(
+        not any(long[i] for i in idx[:2]) and any(long[i] for i in idx[2:])
+        for idx in (batch_indices(len(rows), 4, step, s) for step in range(3))))
+    extra = ["--top-k", "1", "--max-steps", "3", "--max-prompt-tokens", "200", "--micro-batch-tokens", "700",
+             "--seed", str(seed), "--save-every", "3"]
+    scope.main(tiny_args(student, teacher, data, tmp_path / "one", *extra))
+    torchrun(["scope.py", *tiny_args(student, teacher, data, tmp_path / "two", *extra)])
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and a["response_len"] == b["response_len"]
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-6
+
+
+def test_micro_batches_are_as_many_on_every_rank_whatever_its_own_width():
+    from sample import Rollouts
+    short = torch.ones(8, 30, dtype=torch.bool)              # 2 groups of 4 rows, 30 columns
+    ro = Rollouts(tokens=short.long(), attn=short, resp=short, texts=[], truncated=torch.zeros(8, dtype=torch.bool))
+    assert len(micro_batches(ro, 4, 700, world=1)) == 1       # alone: both groups fit 700 tokens at width 30
+    with patch("sample.all_max", lambda x, world: 150):        # the other rank's batch is 150 wide
+        assert len(micro_batches(ro, 4, 700, world=2)) == 2   # one group per micro-batch, as on that rank

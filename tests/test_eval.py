@@ -204,3 +204,14 @@ def test_torchrun_ranks_merge_into_the_single_process_summary(coin, bench, tmp_p
     assert json.loads((out / "summary.json").read_text()) == single
     assert not list(out.glob("samples.rank*.jsonl"))          # folded into samples.jsonl
     assert len(sample_lines(out)) == 5 * 6
+
+
+def test_max_new_tokens_is_capped_by_the_models_context_and_said_once(coin, bench, tmp_path, capsys):
+    args = eval_args(coin, bench, tmp_path / "out")
+    args[args.index("--max-new-tokens") + 1] = "100000"      # far past the tiny model's 256 positions
+    summary = evaluation.main([*args, "--repetition-penalty", "1.08"])
+    out = capsys.readouterr().out
+    assert out.count("is capped") == 1 and "context of 256 tokens" in out, out
+    assert summary["average"]["problems"] == len(GOLDS)
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert settings["repetition_penalty"] == 1.08 and settings["max_new_tokens"] == 100000

@@ -168,3 +168,9 @@ def test_mle_step_raises_the_probability_of_a_correct_answer():
     loss.backward()
     with torch.no_grad():
         assert (logits - 0.5 * logits.grad).log_softmax(-1)[2] > logits.log_softmax(-1)[2]
+
+
+def test_a_verdict_that_is_not_boolean_is_refused():
+    logp, teacher, mask, _, group = rollouts([1.0, 2.0], [1.0, 3.0], [True, False], [0, 0])
+    with pytest.raises(TypeError, match="bool"):
+        scope_loss(logp, teacher, mask, torch.tensor([1, 0]), group, CFG, norm=4.0)  # `~1` is -2: routed wrong

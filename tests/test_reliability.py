@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,3 +161,29 @@ def test_lengths_beyond_the_students_context_are_refused_before_loading(tiny_pai
         scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--max-new-tokens", "4096"))
     err = capsys.readouterr().err
     assert f"exceeds the context of {student} (256 tokens)" in err and "max_new_tokens" in err
+
+
+def test_a_torn_last_log_line_does_not_stop_a_resume(tiny_pair, uninterrupted, tmp_path):
+    student, teacher, data = tiny_pair
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        with open(run / name, "a") as f:
+            f.write('{"step": 5, "loss": 0.1')                # the write a kill cut in half
+    scope.main(tiny_args(student, teacher, data, run, "--max-steps", "5", "--save-every", "1",
+                         "--temperature", "1.0", "--resume", "auto"))
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("field, value", [("--seed", "1"), ("--batch-size", "2"), ("--group-size", "2")])
+def test_resuming_with_other_sampling_fields_is_refused_naming_the_field(tiny_pair, uninterrupted, tmp_path,
+                                                                         capsys, field, value):
+    student, teacher, data = tiny_pair
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    with pytest.raises(SystemExit):
+        scope.main(tiny_args(student, teacher, data, run, "--max-steps", "5", "--temperature", "1.0",
+                             "--resume", "auto", field, value))
+    err = capsys.readouterr().err
+    assert field[2:].replace("-", "_") in err and "step_000004" in err
+    assert len(metrics(run)) == 4                             # nothing was trained

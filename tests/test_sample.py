@@ -1,9 +1,14 @@
 """sample.py: response masks, batched generation, and log-probs over the shared vocabulary."""
+import random
+
+import pytest
 import torch
+from tokenizers import processors
 from transformers import AutoTokenizer
 
 import toy
-from sample import build_prompt, generate, naive_token_logprobs, response_mask, token_logprobs
+from sample import (build_prompt, generate, kv_bytes_per_token, naive_token_logprobs, response_mask, rows_per_call,
+                    stop_ids, token_logprobs, turn_end_id)
 
 EOS, PAD = 0, 0  # one id for both, as in Qwen base models
 
@@ -139,3 +144,110 @@ def test_prompt_uses_the_chat_template_only_when_asked_and_present(tokenizer):
         assert build_prompt(tokenizer, "1+2", "Box it.", False) == "1+2\nBox it."
     finally:
         tokenizer.chat_template = None
+
+
+def test_greedy_outputs_are_the_same_in_one_call_and_in_chunks_of_rows(tokenizer):
+    model = tiny(tokenizer)
+    prompts = ["1+2", "486+357\nPut your final answer within \\boxed{}.", "77+8", "5+5"]
+    kw = dict(stop=[tokenizer.eos_token_id], temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=10)
+    whole = generate(model, tokenizer, prompts, 2, **kw)
+    for max_rows in (1, 3, 5):
+        chunked = generate(model, tokenizer, prompts, 2, max_rows=max_rows, **kw)
+        assert chunked.texts == whole.texts
+        assert torch.equal(chunked.resp.sum(1), whole.resp.sum(1)) and torch.equal(chunked.truncated, whole.truncated)
+        for a, b in zip(chunked.tokens[chunked.resp].split(chunked.resp.sum(1).tolist()),
+                        whole.tokens[whole.resp].split(whole.resp.sum(1).tolist())):
+            assert torch.equal(a, b)
+
+
+def test_rows_per_call_fits_the_kv_budget():
+    per_token = kv_bytes_per_token(toy.tiny_qwen2(300, tied=True, seed=0).config, 4)
+    assert per_token == 2 * 3 * 2 * 32 * 4                 # K and V, 3 layers, 2 KV heads, head dim 128 / 4
+    assert rows_per_call(10 * per_token * 100 / 1e9, per_token, 100) == 10
+    assert rows_per_call(1e-12, per_token, 100) == 1       # never less than one row
+
+
+def test_teacher_scoring_keeps_no_layer_outputs_but_the_last(tokenizer):
+    model = tiny(tokenizer, rows=len(tokenizer) + 16, tied=False)
+    tokens, attn, resp = scored_batch(tokenizer, model)
+    seen = []
+    real = model.forward
+
+    def spying(*args, **kwargs):
+        seen.append(kwargs.get("output_hidden_states"))
+        return real(*args, **kwargs)
+
+    model.forward = spying
+    with torch.no_grad():
+        scored = token_logprobs(model, tokens, attn, resp, vocab=len(tokenizer), temperature=0.6)
+    model.forward = real
+    assert seen and not any(seen)                          # per-layer hidden states never asked for
+    with torch.no_grad():
+        assert torch.allclose(scored, naive_token_logprobs(model, tokens, attn, resp, vocab=len(tokenizer),
+                                                           temperature=0.6), atol=1e-5)
+
+
+QWEN_CHAT = ("{{ bos_token or '' }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture
+def chat_tokenizer():
+    """Built like Qwen2.5 base's: end-of-sequence <|endoftext|>, turns closed by <|im_end|>, no BOS."""
+    rng = random.Random(0)
+    rows = [toy.make_problem(rng) for _ in range(50)]
+    tok = toy.train_tokenizer([f"{r['problem']}\n{toy.SUFFIX}" for r in rows] + [r["solution"] for r in rows])
+    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tok.chat_template = QWEN_CHAT
+    return tok
+
+
+def turn_taker(tok):
+    """A tiny model whose next token depends on the current one alone: any token -> "7" -> <|im_end|> -> "9".
+    Attention and MLP outputs are zeroed; each token's embedding picks one head row."""
+    model = toy.tiny_qwen2(len(tok), tied=False, seed=0).eval()
+    seven, nine, end = tok.convert_tokens_to_ids(["7", "9", "<|im_end|>"])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        emb[seven], emb[end] = torch.eye(128)[1], torch.eye(128)[2]
+        head.zero_()
+        head[seven, 0], head[end, 1], head[nine, 2] = 2.0, 2.0, 2.0
+    model.generation_config.eos_token_id = tok.eos_token_id    # the only declared EOS, as in Qwen2.5 base
+    return model
+
+
+def test_the_token_that_closes_a_chat_turn_ends_a_rollout(chat_tokenizer):
+    tok, end = chat_tokenizer, chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = turn_taker(tok)
+    assert turn_end_id(tok) == end
+    assert stop_ids(model, tok, chat_template=True) == sorted([tok.eos_token_id, end])
+    assert stop_ids(model, tok, chat_template=False) == [tok.eos_token_id]
+    kw = dict(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=8)
+    prompt = build_prompt(tok, "3+4", "Box it.", chat_template=True)
+    ro = generate(model, tok, [prompt], 2, stop=stop_ids(model, tok, True), **kw)
+    assert ro.texts == ["7", "7"]                          # nothing after <|im_end|> reaches the grader
+    response = ro.tokens[ro.resp].reshape(2, -1)
+    assert response[:, -1].tolist() == [end, end] and ro.resp.sum(1).tolist() == [2, 2]
+    assert not ro.truncated.any()
+    runaway = generate(model, tok, [prompt], 1, stop=[tok.eos_token_id], **kw)   # the declared EOS alone
+    assert runaway.truncated.all() and "9" in runaway.texts[0]
+
+
+def test_a_template_that_writes_bos_gets_exactly_one(chat_tokenizer):
+    tok = chat_tokenizer
+    tok.add_tokens(["<s>"], special_tokens=True)
+    tok.bos_token = "<s>"
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tok("1+2").input_ids[:1] == [bos]                # this tokenizer adds BOS by default
+    model = turn_taker(tok)
+    for chat in (True, False):                              # the template writes BOS; raw text gets it written out
+        prompt = build_prompt(tok, "3+4", "Box it.", chat_template=chat)
+        ro = generate(model, tok, [prompt], 1, stop=stop_ids(model, tok, chat), temperature=0.0, top_p=1.0,
+                      top_k=0, max_new_tokens=2)
+        assert (ro.tokens[0] == bos).sum() == 1 and ro.tokens[0, 0] == bos
