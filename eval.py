@@ -385,10 +385,13 @@ def held_out_accuracy(model, tokenizer, rows: list[dict], *, n: int, rank: int, 
     return all_sum(sum(s["correct"] for samples in results for s in samples), world) / (len(rows) * n)
 
 
-def gather_rollouts(infos: list[dict], ro, correct, group, world: int) -> dict:
-    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation."""
+def gather_rollouts(infos: list[dict], ro, correct, group, world: int, unreliable: list | None = None) -> dict:
+    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation,
+    and whether the teacher is known to be unreliable on its problem (one flag per problem; None: unknown)."""
     roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
             for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
+    if unreliable and None not in unreliable:
+        roll["unreliable"] = torch.tensor(unreliable).repeat_interleave(len(correct) // len(unreliable))
     roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
                 loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
                 loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
@@ -400,7 +403,13 @@ def gather_rollouts(infos: list[dict], ro, correct, group, world: int) -> dict:
 
 
 def step_metrics(roll: dict, group_size: int) -> dict:
-    """Per-step numbers that tell whether training does something (README, Metrics)."""
+    """Per-step numbers that tell whether training does something, and what the weights do (README, Metrics).
+
+    Per path, over the prompts' subsets of more than one rollout: the weights' normalised entropy and
+    effective sample size, (sum w)^2 / sum w^2 / n, both 1 when uniform (the ESS is 1/n when one
+    rollout takes all). w_opd_unreliable: the share of the reverse-KL path's weight on rollouts whose
+    teacher is known to be unreliable, beside opd_unreliable, their share of its rollouts.
+    """
     per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
     loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
     out = {"loss": loss_mle + loss_opd, "loss_mle": loss_mle, "loss_opd": loss_opd,
@@ -414,16 +423,19 @@ def step_metrics(roll: dict, group_size: int) -> dict:
            "ppl_teacher": roll["nll_teacher"].exp().mean().item()}
     group, weight = roll["group"], roll["weight"]
     for path, member in (("mle", roll["mle"]), ("opd", ~roll["mle"])):
-        entropies = []
-        for g in group[member].unique():
-            p = weight[member & (group == g)]
-            if len(p) > 1:  # normalised entropy of one subset's weights: 1 = uniform
-                p = p / p.sum()
-                entropies.append((-(p * p.clamp(min=1e-30).log()).sum() / math.log(len(p))).item())
+        subsets = [weight[member & (group == g)] for g in group[member].unique()]
+        subsets = [w / w.sum() for w in subsets if len(w) > 1]       # each sums to 1
+        entropy = [(-(p * p.clamp(min=1e-30).log()).sum() / math.log(len(p))).item() for p in subsets]
+        ess = [(1 / (p * p).sum() / len(p)).item() for p in subsets]
         w = weight[member]
         out[f"w_{path}_min"] = w.min().item() if len(w) else None
         out[f"w_{path}_max"] = w.max().item() if len(w) else None
-        out[f"w_{path}_entropy"] = sum(entropies) / len(entropies) if entropies else None
+        out[f"w_{path}_entropy"] = sum(entropy) / len(entropy) if entropy else None
+        out[f"ess_{path}"] = sum(ess) / len(ess) if ess else None
+    if "unreliable" in roll:
+        opd, flagged = ~roll["mle"], roll["unreliable"]
+        out["opd_unreliable"] = (flagged[opd].float().mean().item()) if opd.any() else None
+        out["w_opd_unreliable"] = (weight[opd & flagged].sum() / weight[opd].sum()).item() if opd.any() else None
     return out
 
 
@@ -439,7 +451,7 @@ def append_eval(run_dir: Path, step: int, accuracy: float, what: str):
 CURVES = [("loss of each path", [("loss_mle", "MLE (correct)"), ("loss_opd", "reverse KL (wrong)")]),
           ("rollouts graded correct", [("frac_correct", "fraction correct")]),
           ("reverse KL to the teacher, per token", [("kl", "kl")]),
-          ("weight entropy (1 = uniform)", [("w_mle_entropy", "student weights"), ("w_opd_entropy", "teacher weights")])]
+          ("effective sample size (1 = uniform)", [("ess_mle", "student weights"), ("ess_opd", "teacher weights")])]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -479,6 +491,24 @@ def plot_run(run_dir: Path) -> Path | None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def open_run_logs(run_dir: Path, config: dict, report_to: str, start: int):
+    """Prepare a training run's directory (config.json; logs cut back to step `start`, where a resumed run
+    continues); returns the function that records one step in metrics.jsonl and the tracker."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    for name in ("metrics.jsonl", "eval.jsonl"):  # lines after `start`, and a line a kill tore, are dropped
+        path = run_dir / name
+        if path.exists():
+            path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", start + 1) <= start))
+    track = open_tracker(report_to, run_dir, config)
+
+    def write(record: dict):
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        track({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, record["step"])
+    return write
 
 
 TRACKERS = {"wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio"),

@@ -103,8 +103,10 @@ def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str):
              f"SCOPE needs one shared tokenizer")
 
 
-def load_rows(source: str, split: str, problem_field: str, answer_field: str, skip_bad: bool) -> list[dict]:
-    """Problems and answers from a local .jsonl/.json/.parquet file or a hub dataset, checked row by row."""
+def load_rows(source: str, split: str, problem_field: str, answer_field: str, skip_bad: bool,
+              unreliable_field: str = "") -> list[dict]:
+    """Problems and answers from a local .jsonl/.json/.parquet file or a hub dataset, checked row by row;
+    with unreliable_field, also that boolean field as "unreliable"."""
     import datasets
 
     path = Path(source)
@@ -134,6 +136,11 @@ def load_rows(source: str, split: str, problem_field: str, answer_field: str, sk
             skipped += 1
             continue
         rows.append({"problem": problem, "answer": answer})
+        if unreliable_field:
+            if not isinstance(row.get(unreliable_field), bool):
+                fail(f"{source}, row {i}: field {unreliable_field!r} is {row.get(unreliable_field)!r}; expected "
+                     f"true or false")
+            rows[-1]["unreliable"] = row[unreliable_field]
     if skipped:
         say(f"{source}: skipped {skipped} bad rows of {len(data)}")
     if not rows:

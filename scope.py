@@ -40,7 +40,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import plan
-from eval import append_eval, gather_rollouts, held_out_accuracy, open_tracker, plot_run, read_jsonl, step_metrics
+from eval import append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, step_metrics
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
                     gathered, generate, kv_bytes_per_token, load_model, load_rows, load_state, micro_batches,
                     quiet_libraries, rows_per_call, save_model, save_state, score, setup_distributed, shard, stop_ids,
@@ -64,7 +64,7 @@ def group_softmax(scores: torch.Tensor, group: torch.Tensor, member: torch.Tenso
     return w
 
 
-def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: float):
+def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: float, norm_mle: float | None = None):
     """The SCOPE objective (Eq. 6) for whole groups of rollouts.
 
     logp:         (N, T) student log-probs of the sampled tokens, with grad
@@ -74,6 +74,7 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
     group:        (N,) int, which prompt each rollout answers (every rollout of a prompt is here)
     norm:         what the summed loss is divided by: all response tokens of the step (token_mean),
                   or its number of prompts (sum); over all micro-batches and ranks
+    norm_mle:     the MLE path's own divisor, when it differs (released code: the correct rollouts' tokens)
     Returns the loss and a dict of detached numbers worth logging.
     """
     if correct.dtype != torch.bool:  # `~` on integers would route every rollout wrong
@@ -92,7 +93,7 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
     w_tea = group_softmax(-sign[cfg.teacher_weight] * nll_t / cfg.tau, group, ~mle, mean_one)  # Eq. 5
 
     advantage = old - teacher_logp                       # Eq. 3: k1 reverse KL per token, detached
-    loss_mle = (w_stu[:, None] * -rho * mask).sum() / norm              # Eq. 2, on C
+    loss_mle = (w_stu[:, None] * -rho * mask).sum() / (norm_mle or norm)  # Eq. 2, on C
     loss_opd = (w_tea[:, None] * rho * advantage * mask).sum() / norm   # Eq. 3, on W
     info = {"loss_mle": loss_mle.detach(), "loss_opd": loss_opd.detach(), "weight": w_stu + w_tea,
             "mle": mle, "nll_student": nll_s, "nll_teacher": nll_t.detach(),
@@ -119,6 +120,8 @@ class Config:
     skip_bad_rows: bool = arg(False, "skip (and count) rows with a missing, empty or non-string problem or answer")
     prompt_suffix: str = arg(PROMPT_SUFFIX, "instruction appended to every problem (paper: this sentence)")
     chat_template: bool = arg(True, "use the tokenizer's chat template if any; its turn end also ends a rollout")
+    unreliable_field: str = arg("", "boolean field marking problems the teacher is known to get wrong (a toy world's); "
+                                    "metrics.jsonl then logs the reverse-KL weight they receive")
     # --- SCOPE
     group_size: int = arg(8, "G: rollouts sampled per problem (paper: 8)")
     tau: float = arg(1.0, "temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)")
@@ -130,6 +133,10 @@ class Config:
     weight_scale: Literal["mean", "sum"] = arg("mean", "each subset's weights average 1, or sum to 1 (paper)")
     loss_agg: Literal["token_mean", "sum"] = arg("token_mean", "mean over the step's response tokens, or token "
                                                                "sums per rollout averaged over prompts (paper)")
+    mle_tokens: Literal["all", "correct"] = arg("all", "token_mean's divisor for the MLE path: every response token, "
+                                                       "or those of correct rollouts only (released code)")
+    teacher_temperature: float = arg(0.0, "temperature of the teacher's log-probs; 0 = the rollout temperature "
+                                          "(released code: 1)")
     # --- rollouts
     batch_size: int = arg(32, "B: problems per optimizer step, over all ranks (paper: 256)")
     temperature: float = arg(0.6, "rollout temperature; student and teacher log-probs use the same (paper: 0.6)")
@@ -169,7 +176,8 @@ class Config:
     gpu_memory_gb: float = arg(80.0, "memory of one GPU, GB, for the plan")
 
 
-NON_NEGATIVE = {"lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps", "seed"}
+NON_NEGATIVE = {"lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps", "seed",
+                "teacher_temperature"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -209,14 +217,15 @@ def parse_config(argv: list[str]) -> Config:
 # One training step's update: gradients over micro-batches, one optimizer step
 
 def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
-                         norm: float, world: int) -> list[dict]:
-    """Backward of `scope_loss` over micro-batches of whole groups; returns each micro-batch's info."""
+                         norms: tuple[float, float], world: int) -> list[dict]:
+    """Backward of `scope_loss` over micro-batches of whole groups; returns each micro-batch's info.
+    norms: (norm, norm_mle) of `scope_loss`, over the whole step."""
     infos = []
     for r, c in batches:
         with amp:
             logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
                                   temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm)
+        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, *norms)
         (loss * world).backward()  # the loss is a global mean already: undo FSDP's average over ranks
         infos.append(info)
     return infos
@@ -230,6 +239,15 @@ def optimizer_step(student, optimizer, cfg: Config) -> float:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+def loss_norms(ro, correct, cfg: Config, world: int) -> tuple[float, float | None]:
+    """(norm, norm_mle) of `scope_loss` over the whole step (every rank): METHOD.md's aggregation choice."""
+    if cfg.loss_agg == "sum":
+        return cfg.batch_size, None
+    tokens = ro.resp.sum(1)                                                      # (N,) response tokens
+    norm_mle = max(all_sum((tokens * correct).sum().item(), world), 1) if cfg.mle_tokens == "correct" else None
+    return all_sum(tokens.sum().item(), world), norm_mle
 
 
 # -----------------------------------------------------------------------------
@@ -257,7 +275,7 @@ def main(argv: list[str]):
                     max_new_tokens=cfg.max_new_tokens, synced=world > 1,
                     max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
-    write_metrics = open_logs(cfg, out_dir, rank, start)
+    write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
 
     def quick_eval(step: int) -> float:
         student.eval()
@@ -297,23 +315,22 @@ def main(argv: list[str]):
         # ---- the teacher scores the student's tokens: one forward, no generation
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
         with torch.no_grad(), amp:
-            teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.temperature,
-                                 chunk_tokens=cfg.logprob_chunk_tokens)                                    # (N, L)
+            teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.teacher_temperature or
+                                 cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)                   # (N, L)
         t3 = time.perf_counter()
 
         # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
         student.train()
-        n_tokens = all_sum(ro.resp.sum().item(), world)
-        norm = n_tokens if cfg.loss_agg == "token_mean" else cfg.batch_size
-        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norm, world)
+        norms = loss_norms(ro, correct, cfg, world)
+        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms, world)
         grad_norm = optimizer_step(student, optimizer, cfg)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
         t4 = time.perf_counter()
 
         # ---- log the step's numbers, gathered from every rank; the quick eval when due
-        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world)
+        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world, [r.get("unreliable") for r in rows])
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
-                  "skipped": not math.isfinite(grad_norm), "tokens_per_s": n_tokens / (t4 - t0),
+                  "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t4 - t0),
                   "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
         if held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             record["eval_accuracy"] = quick_eval(step + 1)
@@ -329,6 +346,14 @@ def main(argv: list[str]):
             save_checkpoint(student, optimizer, tok, out_dir, step + 1, cfg, rank, world)
         if stopping:
             stop_now(argv, step + 1, stop["signal"], rank)
+    finish(student, tok, out_dir, rank, world)
+
+
+# -----------------------------------------------------------------------------
+# Models and data
+
+def finish(student, tok, out_dir: Path, rank: int, world: int):
+    """The trained student as a plain HF model in output_dir, and the run's curves."""
     save_model(student, tok, out_dir, rank, world)
     if rank == 0:
         plot_run(out_dir)
@@ -336,9 +361,6 @@ def main(argv: list[str]):
     if world > 1:
         dist.destroy_process_group()
 
-
-# -----------------------------------------------------------------------------
-# Models and data
 
 def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
     """(student, teacher, tokenizer): the student in float32 (its master weights), the teacher frozen in the
@@ -364,31 +386,11 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
         return []
     source, split, keys = ((cfg.eval_data, "test", (cfg.eval_problem_field, cfg.eval_answer_field)) if held_out else
                            (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
-    rows = with_prompts(load_rows(source, split, *keys, cfg.skip_bad_rows), tok, cfg.prompt_suffix,
-                        cfg.chat_template, cfg.max_prompt_tokens, source)
+    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, "" if held_out else cfg.unreliable_field)
+    rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
     if held_out:  # generate is a collective under FSDP2: every rank gets as many problems
         rows = rows[:cfg.eval_limit][:len(rows[:cfg.eval_limit]) // world * world]
     return rows or fail(f"{source}: the quick eval needs at least one problem per rank ({world} ranks)")
-
-
-# -----------------------------------------------------------------------------
-# Logging: metrics.jsonl, eval.jsonl, the tracker
-
-def open_logs(cfg: Config, out_dir: Path, rank: int, start: int):
-    """Prepare output_dir; returns the function that records one step (metrics.jsonl and the tracker, rank 0)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank != 0:
-        return lambda record: None
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    for name in ("metrics.jsonl", "eval.jsonl"):  # a resumed run rewrites the steps after its checkpoint
-        keep_steps_up_to(out_dir / name, start)
-    track = open_tracker(cfg.report_to, out_dir, asdict(cfg))
-
-    def write(record: dict):
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        track({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, record["step"])
-    return write
 
 
 # -----------------------------------------------------------------------------
@@ -460,13 +462,6 @@ def load_checkpoint(path: Path, model, optimizer, cfg: Config) -> int:
     load_state(model, optimizer, path / "state")
     print(f"resumed from {path} (step {saved['step']})")
     return saved["step"]
-
-
-def keep_steps_up_to(path: Path, step: int):
-    """Drop the lines of a jsonl log written after `step` (by a run that died before its next checkpoint),
-    and a last line the death tore in half."""
-    if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", step + 1) <= step))
 
 
 def catch_stop_signals() -> dict:

@@ -5,7 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from scope import Config, group_softmax, scope_loss
+from conftest import ROOT
+from eval import step_metrics
+from sample import Rollouts
+from scope import Config, group_softmax, loss_norms, parse_config, scope_loss
 
 CFG = Config()
 
@@ -174,3 +177,54 @@ def test_a_verdict_that_is_not_boolean_is_refused():
     logp, teacher, mask, _, group = rollouts([1.0, 2.0], [1.0, 3.0], [True, False], [0, 0])
     with pytest.raises(TypeError, match="bool"):
         scope_loss(logp, teacher, mask, torch.tensor([1, 0]), group, CFG, norm=4.0)  # `~1` is -2: routed wrong
+
+
+def test_released_convention_divides_the_mle_path_by_the_correct_rollouts_tokens_only():
+    logp, teacher, mask, correct, group = rollouts([1.0, 2.0], [1.0, 3.0], [True, False], [0, 0])
+    _, ours = scope_loss(logp, teacher, mask, correct, group, CFG, norm=4.0)
+    _, released = scope_loss(logp, teacher, mask, correct, group, CFG, norm=4.0, norm_mle=2.0)
+    assert math.isclose(ours["loss_mle"].item(), -0.5, rel_tol=1e-6)      # -(1 x 2 tokens) / 4
+    assert math.isclose(released["loss_mle"].item(), -1.0, rel_tol=1e-6)  # -(1 x 2 tokens) / 2 correct tokens
+    assert torch.equal(ours["loss_opd"], released["loss_opd"])           # A = 1 on 2 tokens, / 4 either way
+
+
+def test_loss_norms_count_the_steps_tokens_as_each_convention_asks():
+    resp = torch.tensor([[True, True, True], [True, False, False]])     # 3 and 1 response tokens
+    ro = Rollouts(tokens=resp.long(), attn=resp, resp=resp, texts=[], truncated=torch.zeros(2, dtype=torch.bool))
+    correct = torch.tensor([True, False])
+    assert loss_norms(ro, correct, CFG, world=1) == (4, None)
+    assert loss_norms(ro, correct, replace(CFG, mle_tokens="correct"), world=1) == (4, 3)
+    assert loss_norms(ro, ~correct, replace(CFG, mle_tokens="correct"), world=1) == (4, 1)
+    assert loss_norms(ro, correct, replace(CFG, loss_agg="sum", batch_size=7), world=1) == (7, None)
+
+
+def test_the_released_preset_sets_the_released_codes_four_conventions():
+    cfg = parse_config(["--config", str(ROOT / "configs" / "released.yaml")])
+    assert (cfg.student_weight, cfg.weight_scale, cfg.mle_tokens, cfg.teacher_temperature) == \
+        ("reversed", "mean", "correct", 1.0)
+    assert (cfg.teacher_weight, cfg.tau, cfg.temperature) == ("ppl", 1.0, 0.6)
+
+
+def roll_of(weight, mle, group, unreliable=None):
+    n = len(weight)
+    roll = {"weight": torch.tensor(weight), "mle": torch.tensor(mle), "group": torch.tensor(group),
+            "correct": torch.tensor(mle), "truncated": torch.zeros(n, dtype=torch.bool),
+            "n_tokens": torch.ones(n), "kl_sum": torch.zeros(n), "nll_student": torch.zeros(n),
+            "nll_teacher": torch.zeros(n), "loss_mle": torch.zeros(1), "loss_opd": torch.zeros(1)}
+    if unreliable is not None:
+        roll["unreliable"] = torch.tensor(unreliable)
+    return roll
+
+
+def test_effective_sample_size_is_one_when_uniform_and_one_over_n_when_one_rollout_takes_all():
+    m = step_metrics(roll_of([1.0, 1.0, 2.0, 0.0], [True, True, False, False], [0, 0, 0, 0]), group_size=4)
+    assert m["ess_mle"] == pytest.approx(1.0) and m["ess_opd"] == pytest.approx(0.5)
+    m = step_metrics(roll_of([1.5, 0.5, 1.0, 1.0], [False, False, False, False], [0, 0, 1, 1]), group_size=2)
+    assert m["ess_opd"] == pytest.approx((1 / (0.75 ** 2 + 0.25 ** 2) / 2 + 1) / 2)  # mean over the 2 prompts
+
+
+def test_the_reverse_kl_weight_on_unreliable_rollouts_is_reported_beside_their_share():
+    m = step_metrics(roll_of([1.5, 0.5, 1.0, 1.0], [False, False, True, True], [0, 0, 1, 1],
+                             unreliable=[True, False, False, False]), group_size=2)
+    assert m["opd_unreliable"] == 0.5 and m["w_opd_unreliable"] == pytest.approx(0.75)
+    assert "w_opd_unreliable" not in step_metrics(roll_of([1.0, 1.0], [False, False], [0, 0]), group_size=2)

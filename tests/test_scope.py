@@ -184,3 +184,29 @@ def test_scope_raises_the_demo_students_held_out_accuracy(toy_world, tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = metrics[:10], metrics[-10:]
     assert sum(m["frac_correct"] for m in last) > sum(m["frac_correct"] for m in first)
+
+
+@pytest.mark.parametrize("flags, expected", [([], 0.6), (["--teacher-temperature", "1.0"], 1.0)])
+def test_teacher_log_probs_use_the_teacher_temperature_when_one_is_set(tiny_pair, tmp_path, monkeypatch, flags,
+                                                                      expected):
+    student, teacher, data = tiny_pair
+    seen, real = [], scope.score
+    monkeypatch.setattr(scope, "score", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
+    run_scope(tiny_args(student, teacher, data, tmp_path / "run", *flags))
+    assert seen == [expected, expected]                       # one teacher scoring per step
+
+
+def test_a_world_that_flags_an_unreliable_teacher_logs_where_the_reverse_kl_weight_went(tiny_pair, tmp_path,
+                                                                                       capsys):
+    student, teacher, data = tiny_pair
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    flagged = tmp_path / "flagged.jsonl"
+    flagged.write_text("".join(json.dumps({**r, "teacher_wrong": i % 2 == 0}) + "\n" for i, r in enumerate(rows)))
+    run_scope(tiny_args(student, teacher, flagged, tmp_path / "run", "--unreliable-field", "teacher_wrong"))
+    for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()):
+        assert 0 <= m["w_opd_unreliable"] <= 1 and 0 <= m["opd_unreliable"] <= 1
+    flagged.write_text(json.dumps({**rows[0], "teacher_wrong": "yes"}) + "\n")
+    with pytest.raises(SystemExit):
+        run_scope(tiny_args(student, teacher, flagged, tmp_path / "bad", "--unreliable-field", "teacher_wrong"))
+    err = capsys.readouterr().err
+    assert "row 0" in err and "'teacher_wrong'" in err and "true or false" in err
