@@ -18,10 +18,29 @@ embeddings (as Qwen2.5-0.5B's is).
 
 `python toy.py [DIR]` builds the world in DIR (default .toy, where configs/toy.yaml looks) once
 and prints each model's held-out accuracy; a second call finds it built and returns at once.
+
+The premises world (`python toy.py --world premises [DIR]`, default .toy_premises, for
+configs/toy_premises.yaml) is built so that the paper's two premises hold by construction; they are
+stated here before any result was measured:
+
+  (a) The teacher is unreliable on an identifiable part of the task. Problems are additions and
+      subtractions. The teacher learned subtraction with a wrong rule, "take the smaller digit from
+      the larger" (it never borrows), so on every subtraction that needs a borrow its answer is
+      wrong, its guidance is towards a wrong answer, and its perplexity on correct solutions there is
+      high. Those problems, and only those, carry `teacher_unreliable: true` (the field
+      `--unreliable-field` reads); everywhere else its rule is the right one.
+  (b) More than one valid route leads to a correct answer. Every problem can be worked by columns
+      (right to left, with carries or borrows: `6+7=13 8+5+1=14 4+3+1=8`) or by place values
+      (`400+300=700 80+50=130 6+7=13 700+130+13=843`); both end in the same \\boxed{} answer.
+      The student saw the place-value route in a quarter of its training solutions (the teacher in
+      half), so it finds that route unlikely, and reinforcing only its confident route narrows what
+      it samples.
+
+Unlike the demo, every solution of both models is boxed: the format is not what is learned here.
 """
+import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -87,9 +106,10 @@ def unboxed(solution: str) -> str:
 
 
 def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, boxed: float = 1.0, batch: int = 64,
-        lr: float = 3e-3):
+        lr: float = 3e-3, write=None):
     """Supervised fine-tuning on prompt -> worked solution + EOS (loss on the response only); a
-    fraction 1 - boxed of the solutions end without the \\boxed{} the prompt asks for."""
+    fraction 1 - boxed of the solutions end without the \\boxed{} the prompt asks for.
+    write(row, rng) -> solution, when given, writes each solution instead (the premises world's)."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps))
@@ -98,7 +118,8 @@ def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, boxed: float 
         chosen = rng.sample(rows, batch)
         prompts = [tokenizer(build_prompt(tokenizer, r["problem"], SUFFIX, True), add_special_tokens=False).input_ids
                    for r in chosen]
-        solutions = [r["solution"] if rng.random() < boxed else unboxed(r["solution"]) for r in chosen]
+        solutions = [write(r, rng) if write else r["solution"] if rng.random() < boxed else unboxed(r["solution"])
+                     for r in chosen]
         answers = [tokenizer(s).input_ids + [tokenizer.eos_token_id] for s in solutions]
         width = max(len(p) + len(a) for p, a in zip(prompts, answers))
         ids = torch.full((batch, width), tokenizer.pad_token_id)
@@ -114,12 +135,12 @@ def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, boxed: float 
     model.eval()
 
 
-def accuracy(model, tokenizer, rows: list[dict]) -> float:
+def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> float:
     """Greedy held-out accuracy, graded by verify.grade."""
     prompts = [build_prompt(tokenizer, r["problem"], SUFFIX, True) for r in rows]
     model.eval()
     out = generate(model, tokenizer, prompts, 1, stop=[tokenizer.eos_token_id], temperature=0.0, top_p=1.0, top_k=0,
-                   max_new_tokens=48)
+                   max_new_tokens=max_new_tokens)
     return sum(grade(t, r["answer"]) for t, r in zip(out.texts, rows)) / len(rows)
 
 
@@ -141,6 +162,14 @@ def build(root: str | Path) -> Path:
     sft(student, tokenizer, train, STUDENT_SFT_STEPS, seed=1, boxed=STUDENT_BOXED)
     sft(teacher, tokenizer, train, TEACHER_SFT_STEPS, seed=2)
 
+    save_world(root, tokenizer, student, teacher, train, test)
+    print(f"toy world built in {root} in {time.time() - start:.0f} s: held-out greedy accuracy "
+          f"student {accuracy(student, tokenizer, test):.1%}, teacher {accuracy(teacher, tokenizer, test):.1%}")
+    return root
+
+
+def save_world(root: Path, tokenizer, student, teacher, train: list[dict], test: list[dict]):
+    """train.jsonl, test.jsonl, and each model with the tokenizer in its own directory."""
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         with open(root / f"{name}.jsonl", "w") as f:
@@ -149,10 +178,130 @@ def build(root: str | Path) -> Path:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-    print(f"toy world built in {root} in {time.time() - start:.0f} s: held-out greedy accuracy "
-          f"student {accuracy(student, tokenizer, test):.1%}, teacher {accuracy(teacher, tokenizer, test):.1%}")
+
+
+# -----------------------------------------------------------------------------
+# The premises world: an unreliable teacher on borrows, and two routes to every answer
+
+PREMISES_SFT_STEPS = {"student": 500, "teacher": 600}
+PLACES_SHARE = {"student": 0.25, "teacher": 0.5}  # how often each model's training solutions use place values
+
+
+def digits(n: int, width: int) -> list[int]:
+    """The `width` lowest digits of n, units first."""
+    return [n // 10 ** i % 10 for i in range(width)]
+
+
+def worked(a: int, op: str, b: int, route: str, borrows: bool = True) -> tuple[str, int]:
+    """(worked solution, its answer) of a + b or a - b (a > b) by `route`: "columns" or "places".
+
+    borrows=False is the teacher's wrong subtraction rule: each column takes the smaller digit from
+    the larger, so nothing is ever borrowed.
+    """
+    width = len(str(max(a, b)))
+    da, db = digits(a, width), digits(b, width)
+    if route == "places":
+        parts = []
+        for i in reversed(range(width)):
+            x, y = da[i] * 10 ** i, db[i] * 10 ** i
+            part = x + y if op == "+" else x - y if borrows else abs(x - y)
+            parts.append((f"{x}{op}{y}={part}", part))
+        answer = sum(p for _, p in parts)
+        total = str(parts[0][1]) + "".join(f"{p:+d}" for _, p in parts[1:])
+        return " ".join(s for s, _ in parts) + f" {total}={answer} \\boxed{{{answer}}}", answer
+    steps, carry, answer = [], 0, 0
+    for i in range(width):
+        if op == "+":
+            terms = [str(d) for d, n in ((da[i], a), (db[i], b)) if i < len(str(n))] + (["1"] if carry else [])
+            total = sum(int(t) for t in terms)
+            steps.append(f"{'+'.join(terms)}={total}")
+            carry, digit = total // 10, total % 10
+        elif borrows:
+            x = da[i] - carry
+            carry = int(x < db[i])
+            digit = x + 10 * carry - db[i]
+            steps.append(f"{x + 10 * carry}-{db[i]}={digit}")
+        else:
+            digit = abs(da[i] - db[i])
+            steps.append(f"{max(da[i], db[i])}-{min(da[i], db[i])}={digit}")
+        answer += digit * 10 ** i
+    if op == "+" and carry:
+        steps.append("1=1")
+        answer += 10 ** width
+    return " ".join(steps) + f" \\boxed{{{answer}}}", answer
+
+
+def make_premises_problem(rng: random.Random) -> dict:
+    """An addition or a subtraction (a > b) of 1- to 3-digit numbers, flagged where the teacher's rule is wrong."""
+    a, b, op = rng.randint(1, 999), rng.randint(1, 999), rng.choice("+-")
+    if op == "-":
+        a, b = max(a, b) + 1, min(a, b)
+    answer = a + b if op == "+" else a - b
+    return {"problem": f"{a}{op}{b}", "answer": str(answer), "solution": worked(a, op, b, "columns")[0],
+            "teacher_unreliable": worked(a, op, b, "columns", borrows=False)[1] != answer}
+
+
+def premises_writer(model: str):
+    """write(row, rng) for `sft`: a random route at the model's share of place values; the teacher's
+    subtractions never borrow."""
+    def write(row: dict, rng: random.Random) -> str:
+        route = "places" if rng.random() < PLACES_SHARE[model] else "columns"
+        return worked(*split_problem(row["problem"]), route, borrows=model == "student")[0]
+    return write
+
+
+def route(problem: str, response: str) -> str:
+    """"places" when a response to `problem` starts with its leading place values ("400+300="), else "columns"
+    (a problem of one-digit numbers has only one route)."""
+    a, op, b = split_problem(problem)
+    width = len(str(max(a, b)))
+    lead = 10 ** (width - 1)
+    return "places" if width > 1 and response.lstrip().startswith(f"{a // lead * lead}{op}{b // lead * lead}=") \
+        else "columns"
+
+
+def split_problem(problem: str) -> tuple[int, str, int]:
+    """"486-357" -> (486, "-", 357)."""
+    op = "-" if "-" in problem else "+"
+    a, b = problem.split(op)
+    return int(a), op, int(b)
+
+
+def build_premises(root: str | Path, n_train: int = 4000, n_test: int = 200, steps: dict = PREMISES_SFT_STEPS) -> Path:
+    """Build the premises world in `root` unless it is already there; returns `root`.
+    n_train, n_test and steps make a small one quickly (the tests')."""
+    root = Path(root)
+    if (root / "teacher" / "config.json").exists():
+        return root
+    start = time.time()
+    rng = random.Random(0)
+    train = [make_premises_problem(rng) for _ in range(n_train)]
+    seen = {r["problem"] for r in train}
+    test = [r for r in (make_premises_problem(rng) for _ in range(2 * n_test)) if r["problem"] not in seen][:n_test]
+    texts = [f"{r['problem']}\n{SUFFIX}" for r in train]
+    for r in train[:1000]:
+        a, op, b = split_problem(r["problem"])
+        texts += [worked(a, op, b, route, borrows)[0] for route in ("columns", "places") for borrows in (True, False)]
+    tokenizer = train_tokenizer(texts)
+    student = tiny_qwen2(len(tokenizer), tied=True, seed=1)
+    teacher = tiny_qwen2(len(tokenizer) + 64, tied=False, seed=2)
+    sft(student, tokenizer, train, steps["student"], seed=1, write=premises_writer("student"))
+    sft(teacher, tokenizer, train, steps["teacher"], seed=2, write=premises_writer("teacher"))
+    save_world(root, tokenizer, student, teacher, train, test)
+    parts = {"all": test, "teacher-unreliable": [r for r in test if r["teacher_unreliable"]],
+             "the rest": [r for r in test if not r["teacher_unreliable"]]}
+    print(f"premises world built in {root} in {time.time() - start:.0f} s; held-out greedy accuracy, "
+          + "; ".join(f"{name} ({len(rows)}): student {accuracy(student, tokenizer, rows, 64):.1%}, "
+                      f"teacher {accuracy(teacher, tokenizer, rows, 64):.1%}" for name, rows in parts.items()))
     return root
 
 
+WORLDS = {"demo": (build, ".toy"), "premises": (build_premises, ".toy_premises")}
+
 if __name__ == "__main__":
-    build(sys.argv[1] if len(sys.argv) > 1 else ".toy")
+    parser = argparse.ArgumentParser(description="Build a toy world once (a second call returns at once).")
+    parser.add_argument("--world", choices=WORLDS, default="demo", help="which world (see the module docstring)")
+    parser.add_argument("dir", nargs="?", help="where to build it (default: .toy for demo, .toy_<world> otherwise)")
+    args = parser.parse_args()
+    builder, default_dir = WORLDS[args.world]
+    builder(args.dir or default_dir)
