@@ -23,6 +23,9 @@ in the paper (G = 1) keeps that budget with group_size times more prompts per st
   table.md          mean +- standard deviation over seeds (also printed), and the weights' diagnostics
   accuracy.png      held-out Avg@8 over steps per variant;  pass_at_k.png  Pass@k against k at the last step
   <variant>/seed<s>/  the training run (metrics.jsonl, checkpoints)
+--probe [MODEL] prints, instead, where SCOPE's weights fall on one batch of MODEL's rollouts by kind
+of rollout (demo: unboxed or boxed wrong answers; premises: the teacher's wrong answer on its
+unreliable problems, and the place-value route among correct answers).
 A rerun resumes: finished results are read back, unfinished runs continue with --resume auto
 (rerun with the same --steps, --eval-steps and --eval-problems). Run it from the repository root:
 the worlds' configs name their files relative to it.
@@ -45,7 +48,9 @@ sys.path.insert(0, str(ROOT))
 import scope  # noqa: E402
 import toy  # noqa: E402
 from eval import pass_at_k, pyplot, read_jsonl, sample_and_grade  # noqa: E402
-from sample import load_model, load_rows, quiet_libraries, stop_ids, with_prompts  # noqa: E402
+from sample import (generate, load_model, load_rows, micro_batches, quiet_libraries, score, stop_ids,  # noqa: E402
+                    with_prompts)
+from verify import extract_answer, grade  # noqa: E402
 
 SAMPLES, EVAL_TEMPERATURE = 8, 0.6
 
@@ -255,6 +260,58 @@ def plots(results: list[dict], variants: list[str], out: Path):
 
 
 # -----------------------------------------------------------------------------
+# Probe: where SCOPE's weights fall on one batch of rollouts, by kind of rollout
+
+def kinds(world: str, rows: list[dict], texts: list[str], correct: torch.Tensor, group_size: int) -> dict:
+    """{name: (N,) bool} the rollouts a world's premises are about, within the path whose weights act on them."""
+    row = [rows[i // group_size] for i in range(len(texts))]
+    if world == "demo":  # the format: an unboxed answer is wrong whatever its arithmetic
+        unboxed = torch.tensor(["\\boxed" not in t for t in texts])
+        return {"wrong, unboxed": ~correct & unboxed, "wrong, boxed": ~correct & ~unboxed}
+    flagged = torch.tensor([r["unreliable"] for r in row])
+    rule = torch.tensor([extract_answer(t, False) == str(toy.worked(*toy.split_problem(r["problem"]), "columns",
+                                                                    borrows=False)[1]) for r, t in zip(row, texts)])
+    places = torch.tensor([toy.route(r["problem"], t) == "places" for r, t in zip(row, texts)])
+    return {"wrong, teacher-unreliable, the teacher's (wrong) answer": ~correct & flagged & rule,
+            "wrong, teacher-unreliable, another answer": ~correct & flagged & ~rule,
+            "wrong, reliable": ~correct & ~flagged,
+            "correct, place values": correct & places, "correct, columns": correct & ~places}
+
+
+def probe(world: str, model_dir: str, problems: int) -> str:
+    """Markdown: one training step's rollouts (the first `problems` training problems x G) of `model_dir`, scored
+    as scope.py scores them; per kind of rollout, its share of its path's rollouts and of its path's SCOPE
+    weight (tau 1), and its mean teacher NLL per token."""
+    cfg = scope.parse_config(["--config", str(world_config(world))])
+    toy.WORLDS[world][0](Path(cfg.student).parent)
+    cpu, G = torch.device("cpu"), cfg.group_size
+    student, tok = load_model(model_dir or cfg.student, torch.float32, cpu)
+    teacher = load_model(cfg.teacher, torch.float32, cpu)[0]
+    rows = load_rows(cfg.train_data, "train", cfg.problem_field, cfg.answer_field, False, cfg.unreliable_field)
+    rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, cfg.train_data)
+    rows = rows[:problems]
+    torch.manual_seed(0)
+    ro = generate(student, tok, [r["prompt"] for r in rows], G, stop=stop_ids(student, tok, cfg.chat_template),
+                  temperature=cfg.temperature, top_p=1.0, top_k=0, max_new_tokens=cfg.max_new_tokens)
+    batches = micro_batches(ro, G, cfg.micro_batch_tokens, 1)
+    logp = {name: score(model, ro, batches, vocab=len(tok), temperature=cfg.temperature, chunk_tokens=1024)
+            for name, model in (("student", student), ("teacher", teacher))}                       # (N, L) each
+    correct = torch.tensor([grade(t, r["answer"]) for i, t in enumerate(ro.texts) for r in [rows[i // G]]])
+    group = torch.arange(len(rows)).repeat_interleave(G)
+    _, info = scope.scope_loss(logp["student"], logp["teacher"], ro.resp, correct, group, cfg, 1.0)
+    lines = [f"{model_dir or cfg.student}: {len(rows)} training problems x {G} rollouts at temperature "
+             f"{cfg.temperature}, {correct.float().mean():.3f} correct", "",
+             "| rollouts | count | share of its path's rollouts | share of its path's weight | teacher NLL per token |",
+             "|---|---:|---:|---:|---:|"]
+    for name, member in kinds(world, rows, ro.texts, correct, G).items():
+        path = correct if name.startswith("correct") else ~correct
+        lines.append(f"| {name} | {int(member.sum())} | {member.sum() / path.sum():.3f} | "
+                     f"{info['weight'][member].sum() / info['weight'][path].sum():.3f} | "
+                     f"{info['nll_teacher'][member].mean():.2f} |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,6 +322,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-steps", default="0,10,20,40", help="steps measured (the last step always is)")
     p.add_argument("--eval-problems", type=int, default=200, help="held-out problems measured (the first N)")
     p.add_argument("--out", default="", help="default: runs/ablations/<world>")
+    p.add_argument("--probe", metavar="MODEL", nargs="?", const="", default=None,
+                   help="only print where SCOPE's weights fall on one batch of MODEL's rollouts (default: the "
+                        "world's student), by kind of rollout, and exit")
+    p.add_argument("--probe-problems", type=int, default=128, help="training problems of the probe's batch")
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     for v in args.variants:
@@ -278,6 +339,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> list[dict]:
     args = parse_args(argv)
     quiet_libraries()
+    if args.probe is not None:
+        print(probe(args.world, args.probe, args.probe_problems))
+        return []
     start = time.time()
     results = run_all(args)
     out = Path(args.out or f"runs/ablations/{args.world}")

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import scope
 import toy
@@ -103,3 +104,19 @@ def test_a_rerun_reads_finished_results_back_and_continues_an_unfinished_run(tin
     assert [json.loads(m)["step"] for m in (out / "no_dpaw" / "seed0" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2]                                                     # continued from step 1, not restarted
     assert [r for r in again if r["step"] < 2] == [r for r in first if r["step"] < 2]
+
+
+def test_the_probe_sorts_rollouts_into_the_kinds_each_world_is_about():
+    texts = ["6+7=13 sum 13", "6+7=13 \\boxed{14}", "6+7=13 \\boxed{13}"]
+    correct = torch.tensor([False, False, True])
+    demo = ablations.kinds("demo", [{"problem": "6+7"}], texts, correct, 3)
+    assert demo["wrong, unboxed"].tolist() == [True, False, False]
+    assert demo["wrong, boxed"].tolist() == [False, True, False]
+    rows = [{"problem": "32-18", "answer": "14", "unreliable": True}]    # the teacher's rule says 26
+    texts = ["12-8=4 2-1=1 \\boxed{14}", "30-10=20 2-8=-6 20-6=14 \\boxed{14}", "8-2=6 3-1=2 \\boxed{26}",
+             "12-8=4 2-1=1 \\boxed{15}"]
+    premises = ablations.kinds("premises", rows, texts, torch.tensor([True, True, False, False]), 4)
+    assert premises["wrong, teacher-unreliable, the teacher's (wrong) answer"].tolist() == [False, False, True, False]
+    assert premises["wrong, teacher-unreliable, another answer"].tolist() == [False, False, False, True]
+    assert premises["correct, place values"].tolist() == [False, True, False, False]
+    assert premises["correct, columns"].tolist() == [True, False, False, False]
