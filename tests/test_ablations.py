@@ -50,12 +50,12 @@ def test_every_variant_keeps_the_rollouts_per_step():
 def test_mean_and_sample_std_over_seeds_by_hand():
     assert ablations.mean_std([0.5, 0.7]) == "0.600 +- 0.141"      # std = 0.2 / sqrt(2)
     assert ablations.mean_std([0.25]) == "0.250 +- -"
-    rows = [{"variant": v, "seed": s, "step": t, "avg@8": a, "pass@1": a, "pass@8": p}
+    rows = [{"variant": v, "seed": s, "step": t, "avg@8": a, "pass@2": a, "pass@8": p}
             for v, s, t, a, p in [("scope", 0, 0, 0.1, 0.2), ("scope", 1, 0, 0.1, 0.2),
                                   ("scope", 0, 10, 0.5, 0.9), ("scope", 1, 10, 0.7, 1.0),
                                   ("no_dpaw", 0, 0, 0.1, 0.2), ("no_dpaw", 0, 10, 0.4, 0.6)]]
     lines = ablations.table(rows, ["scope", "no_dpaw", "opd_g1"]).splitlines()
-    assert lines[0] == "| variant | seeds | Avg@8 step 0 | Avg@8 step 10 | Pass@1 step 10 | Pass@8 step 10 |"
+    assert lines[0] == "| variant | seeds | Avg@8 step 0 | Avg@8 step 10 | Pass@2 step 10 | Pass@8 step 10 |"
     assert lines[2] == "| scope | 2 | 0.100 +- 0.000 | 0.600 +- 0.141 | 0.600 +- 0.141 | 0.950 +- 0.071 |"
     assert lines[3] == "| no_dpaw | 1 | 0.100 +- - | 0.400 +- - | 0.400 +- - | 0.600 +- - |"
     assert len(lines) == 4                                            # a variant without results has no row
