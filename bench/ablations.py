@@ -23,6 +23,7 @@ in the paper (G = 1) keeps that budget with group_size times more prompts per st
   table.md          mean +- standard deviation over seeds (also printed), and the weights' diagnostics
   accuracy.png      held-out Avg@8 over steps per variant;  pass_at_k.png  Pass@k against k at the last step
   <variant>/seed<s>/  the training run (metrics.jsonl, checkpoints)
+--report prints the tables of the finished results and trains nothing (beside a run in progress).
 --probe [MODEL] prints, instead, where SCOPE's weights fall on one batch of MODEL's rollouts by kind
 of rollout (demo: unboxed or boxed wrong answers; premises: the teacher's wrong answer on its
 unreliable problems, and the place-value route among correct answers).
@@ -156,7 +157,7 @@ def run_all(args) -> list[dict]:
     for variant in args.variants:
         for seed in args.seeds:
             todo = [s for s in eval_steps if (variant, seed, s) not in done]
-            if not todo:
+            if not todo or args.report:
                 continue
             start, run_dir = time.time(), out / variant / f"seed{seed}"
             if rows is None:
@@ -322,6 +323,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-steps", default="0,10,20,40", help="steps measured (the last step always is)")
     p.add_argument("--eval-problems", type=int, default=200, help="held-out problems measured (the first N)")
     p.add_argument("--out", default="", help="default: runs/ablations/<world>")
+    p.add_argument("--report", action="store_true", help="only report the finished results: train and measure nothing")
     p.add_argument("--probe", metavar="MODEL", nargs="?", const="", default=None,
                    help="only print where SCOPE's weights fall on one batch of MODEL's rollouts (default: the "
                         "world's student), by kind of rollout, and exit")
@@ -345,6 +347,9 @@ def main(argv: list[str]) -> list[dict]:
     start = time.time()
     results = run_all(args)
     out = Path(args.out or f"runs/ablations/{args.world}")
+    if not results:
+        print(f"no finished results in {out}")
+        return results
     report = (f"{args.world} world, {args.steps} steps, seeds {','.join(map(str, args.seeds))}; held-out Avg@{SAMPLES} "
               f"and Pass@k, {SAMPLES} samples per problem at temperature {EVAL_TEMPERATURE}, graded strictly; "
               f"mean +- std over seeds\n\n{table(results, args.variants)}\n\n"
