@@ -276,6 +276,7 @@ def kinds(world: str, rows: list[dict], texts: list[str], correct: torch.Tensor,
     return {"wrong, teacher-unreliable, the teacher's (wrong) answer": ~correct & flagged & rule,
             "wrong, teacher-unreliable, another answer": ~correct & flagged & ~rule,
             "wrong, reliable": ~correct & ~flagged,
+            "correct, teacher-unreliable": correct & flagged, "correct, reliable": correct & ~flagged,
             "correct, place values": correct & places, "correct, columns": correct & ~places}
 
 
