@@ -211,20 +211,21 @@ def table(results: list[dict], variants: list[str]) -> str:
 DIAGNOSTICS = ("frac_correct", "ess_mle", "ess_opd", "opd_unreliable", "w_opd_unreliable", "kl")
 
 
-def diagnostics(out: Path, variants: list[str], seeds: list[int]) -> str:
-    """Markdown: per variant, each metrics.jsonl diagnostic averaged over the steps of a run, then mean +- std
-    over seeds (a step where a path had no subset of two rollouts has no ESS and is left out)."""
-    lines = ["| variant | " + " | ".join(DIAGNOSTICS) + " |", "|---|" + "---:|" * len(DIAGNOSTICS)]
+def diagnostics(out: Path, results: list[dict], variants: list[str]) -> str:
+    """Markdown: per variant, each metrics.jsonl diagnostic averaged over the steps of a finished run, then
+    mean +- std over seeds (a step where a path had no subset of two rollouts has no ESS and is left out)."""
+    last = max(r["step"] for r in results)
+    lines = ["| variant | seeds | " + " | ".join(DIAGNOSTICS) + " |", "|---|---:|" + "---:|" * len(DIAGNOSTICS)]
     for v in variants:
+        seeds = sorted({r["seed"] for r in results if r["variant"] == v and r["step"] == last})
         runs = [read_jsonl(out / v / f"seed{s}" / "metrics.jsonl") for s in seeds]
-        runs = [m for m in runs if m]
         if not runs:
             continue
         cells = []
         for key in DIAGNOSTICS:
             per_run = [statistics.mean(vals) for m in runs if (vals := [x[key] for x in m if x.get(key) is not None])]
             cells.append(mean_std(per_run))
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -355,7 +356,7 @@ def main(argv: list[str]) -> list[dict]:
               f"and Pass@k, {SAMPLES} samples per problem at temperature {EVAL_TEMPERATURE}, graded strictly; "
               f"mean +- std over seeds\n\n{table(results, args.variants)}\n\n"
               f"Weights, per step (metrics.jsonl), averaged over the run's steps, mean +- std over seeds:\n\n"
-              f"{diagnostics(out, args.variants, args.seeds)}\n")
+              f"{diagnostics(out, results, args.variants)}\n")
     (out / "table.md").write_text(report)
     plots(results, args.variants, out)
     print(f"\n{report}\n{time.time() - start:.0f} s; results in {out}")
