@@ -230,28 +230,36 @@ def diagnostics(out: Path, results: list[dict], variants: list[str]) -> str:
 
 
 def plots(results: list[dict], variants: list[str], out: Path):
-    """accuracy.png (Avg@8 over steps, mean and +- std band) and pass_at_k.png (Pass@k at the last step)."""
+    """accuracy.png (Avg@8 over steps, mean and +- std band) and pass_at_k.png (Pass@k at the last step,
+    and of the untrained student)."""
     plt = pyplot()
     if plt is None or not results:
         return
     last = max(r["step"] for r in results)
     fig_a, ax_a = plt.subplots(figsize=(6, 4))
     fig_p, ax_p = plt.subplots(figsize=(6, 4))
-    for v in variants:
+    for i, v in enumerate(variants):
         mine = [r for r in results if r["variant"] == v]
         if not mine:
             continue
+        style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
         steps = sorted({r["step"] for r in mine})
         acc = [[r[f"avg@{SAMPLES}"] for r in mine if r["step"] == s] for s in steps]
         mean = [statistics.mean(a) for a in acc]
         std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
-        (line,) = ax_a.plot(steps, mean, marker="o", label=v)
+        (line,) = ax_a.plot(steps, mean, marker="o", linestyle=style, label=v)
         ax_a.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                           color=line.get_color(), alpha=0.12)
         ends = [r for r in mine if r["step"] == last]
         if ends:
             ks = range(1, SAMPLES + 1)
-            ax_p.plot(ks, [statistics.mean(r[f"pass@{k}"] for r in ends) for k in ks], marker=".", label=v)
+            ax_p.plot(ks, [statistics.mean(r[f"pass@{k}"] for r in ends) for k in ks], marker=".", linestyle=style,
+                      label=v)
+    start = [r for r in results if r["step"] == 0]
+    if start and last:
+        ks = range(1, SAMPLES + 1)
+        ax_p.plot(ks, [statistics.mean(r[f"pass@{k}"] for r in start) for k in ks], color="0.5", linestyle="--",
+                  label="step 0 (untrained)")
     ax_a.set(xlabel="step", ylabel=f"held-out Avg@{SAMPLES}", title="held-out accuracy (mean +- std over seeds)")
     ax_p.set(xlabel="k", ylabel="Pass@k", title=f"Pass@k at step {last} (mean over seeds)")
     for fig, ax, name in ((fig_a, ax_a, "accuracy.png"), (fig_p, ax_p, "pass_at_k.png")):
