@@ -29,6 +29,27 @@ def save_tiny(path: Path, tokenizer, vocab_rows: int, seed: int = 0, tied: bool 
     return path
 
 
+def next_token_model(tokenizer, directions: dict[int, int], logits: dict[tuple[int, int], float]):
+    """A tiny Qwen2 whose next token depends on the current token alone: attention and MLP outputs are
+    zeroed, token t's embedding is the unit vector of direction directions.get(t, 0), and the head row of
+    token i reads direction d with weight logits[(i, d)] (x 11.3, sqrt(128), after the final RMSNorm)."""
+    model = toy.tiny_qwen2(len(tokenizer), tied=False, seed=0).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        for token, d in directions.items():
+            emb[token] = torch.eye(emb.shape[1])[d]
+        head.zero_()
+        for (token, d), weight in logits.items():
+            head[token, d] = weight
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory, tokenizer):
     """(student dir, teacher dir, train jsonl): random models; the teacher's head has 64 extra rows."""

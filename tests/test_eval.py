@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import eval as evaluation
-import toy
-from conftest import ROOT
+from conftest import ROOT, next_token_model
 from sample import load_model
 from verify import extract_answer, grade
 
@@ -25,21 +24,9 @@ def coin(tmp_path_factory, tokenizer):
     Attention and MLP outputs are zeroed, so the next token depends on the current token alone:
     any prompt token leads to a digit (hidden direction 0), a digit leads to EOS (direction 1).
     """
-    model = toy.tiny_qwen2(len(tokenizer), tied=False, seed=0)
     seven, eight = tokenizer.convert_tokens_to_ids(["7", "8"])
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        emb.zero_()
-        emb[:, 0] = 1.0
-        emb[[seven, eight], 0] = 0.0
-        emb[[seven, eight], 1] = 1.0
-        head.zero_()
-        head[seven, 0], head[eight, 0] = 2.05, 2.0   # logits 23.2 and 22.6 after the final RMSNorm
-        head[tokenizer.eos_token_id, 1] = 2.0
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = next_token_model(tokenizer, {seven: 1, eight: 1},   # logits 23.2 and 22.6 for "7" and "8", then EOS
+                             {(seven, 0): 2.05, (eight, 0): 2.0, (tokenizer.eos_token_id, 1): 2.0})
     path = tmp_path_factory.mktemp("coin") / "model"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -7,6 +7,7 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 
 import toy
+from conftest import next_token_model
 from sample import (build_prompt, generate, kv_bytes_per_token, naive_token_logprobs, response_mask, rows_per_call,
                     stop_ids, token_logprobs, turn_end_id)
 
@@ -203,22 +204,10 @@ def chat_tokenizer():
 
 
 def turn_taker(tok):
-    """A tiny model whose next token depends on the current one alone: any token -> "7" -> <|im_end|> -> "9".
-    Attention and MLP outputs are zeroed; each token's embedding picks one head row."""
-    model = toy.tiny_qwen2(len(tok), tied=False, seed=0).eval()
+    """A tiny model whose next token depends on the current one alone: any token -> "7" -> <|im_end|> -> "9";
+    its only declared EOS is <|endoftext|>, as in Qwen2.5 base."""
     seven, nine, end = tok.convert_tokens_to_ids(["7", "9", "<|im_end|>"])
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        emb.zero_()
-        emb[:, 0] = 1.0
-        emb[seven], emb[end] = torch.eye(128)[1], torch.eye(128)[2]
-        head.zero_()
-        head[seven, 0], head[end, 1], head[nine, 2] = 2.0, 2.0, 2.0
-    model.generation_config.eos_token_id = tok.eos_token_id    # the only declared EOS, as in Qwen2.5 base
-    return model
+    return next_token_model(tok, {seven: 1, end: 2}, {(seven, 0): 2.0, (end, 1): 2.0, (nine, 2): 2.0})
 
 
 def test_the_token_that_closes_a_chat_turn_ends_a_rollout(chat_tokenizer):
