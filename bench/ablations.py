@@ -199,10 +199,11 @@ def table(results: list[dict], variants: list[str]) -> str:
     lines = ["| variant | seeds | " + " | ".join(c[0] for c in columns) + " |",
              "|---|---:|" + "---:|" * len(columns)]
     for v in variants:
-        mine = [r for r in results if r["variant"] == v]
+        finished = {r["seed"] for r in results if r["variant"] == v and r["step"] == last}
+        mine = [r for r in results if r["variant"] == v and r["seed"] in finished]
         if not mine:
             continue
-        seeds = len({r["seed"] for r in mine})
+        seeds = len(finished)
         cells = [mean_std([r[key] for r in mine if r["step"] == s and key in r]) for _, s, key in columns]
         lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
