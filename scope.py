@@ -389,7 +389,8 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
     rows = load_rows(source, split, *keys, cfg.skip_bad_rows, "" if held_out else cfg.unreliable_field)
     rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
     if held_out:  # generate is a collective under FSDP2: every rank gets as many problems
-        rows = rows[:cfg.eval_limit][:len(rows[:cfg.eval_limit]) // world * world]
+        rows = rows[:cfg.eval_limit]
+        rows = rows[:len(rows) // world * world]
     return rows or fail(f"{source}: the quick eval needs at least one problem per rank ({world} ranks)")
 
 
