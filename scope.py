@@ -359,6 +359,7 @@ def finish(student, tok, out_dir: Path, rank: int, world: int):
         plot_run(out_dir)
         print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
     if world > 1:
+        barrier(world)  # no rank tears down gloo while another is still using it (a rank that did aborted in CI)
         dist.destroy_process_group()
 
 

@@ -136,17 +136,13 @@ def _random_strings(count, seed=0):
             yield s[:k] + rng.choice(FRAGMENTS + seeds) + s[k + rng.randint(0, 3):]
 
 
-def test_random_and_mangled_strings_never_raise_and_each_call_is_fast():
+def test_random_and_mangled_strings_never_raise():
     golds = [case[2] for case in CASES]
-    slowest = 0.0
     for k, s in enumerate(_random_strings(3000)):
-        start = time.perf_counter()
         answer = verify.extract_answer(s, fallback=True)
         assert answer is None or isinstance(answer, str)
         assert verify.grade(s, golds[k % len(golds)]) in (True, False)
         assert verify.is_equivalent(golds[k % len(golds)], s) in (True, False)
-        slowest = max(slowest, time.perf_counter() - start)
-    assert slowest < 0.25
 
 
 ADVERSARIAL = {
@@ -170,14 +166,16 @@ ADVERSARIAL = {
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)
-def test_adversarial_input_is_graded_in_bounded_time(name):
+def test_adversarial_input_is_graded_without_hanging(name):
+    """A hang guard, not a speed claim (bench/bench_verify.py measures speed): each input takes about
+    10 ms here, and an exponential path would take hours; the bound leaves a loaded CI machine 1000x."""
     text = ADVERSARIAL[name]
     start = time.perf_counter()
     for gold in ("1", "x", text[:3000]):
         assert verify.grade(text, gold, fallback=True) in (True, False)
         assert verify.is_equivalent(text, gold) in (True, False)
         assert verify.is_equivalent(gold, text) in (True, False)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10.0
 
 
 def test_non_string_input_is_graded_wrong():
@@ -186,16 +184,13 @@ def test_non_string_input_is_graded_wrong():
     assert verify.is_equivalent(5, "5") is False
 
 
-def test_typical_response_is_graded_well_under_a_millisecond():
+def test_typical_long_response_with_an_equivalent_fraction_is_graded_right():
     steps = "".join(f"Step {k}: we have $x_{k} = \\frac{{{k}}}{{{k + 1}}}$.\n" for k in range(60))
     responses = [steps + f"So the answer is $\\boxed{{\\frac{{{k}}}{{{k + 7}}}}}$."
                  for k in range(200)]
     golds = [f"\\frac{{{2 * k}}}{{{2 * k + 14}}}" for k in range(200)]
-    start = time.perf_counter()
-    results = [verify.grade(r, g) for r, g in zip(responses, golds)]
-    per_call = (time.perf_counter() - start) / len(responses)
-    assert all(results)
-    assert per_call < 1e-3
+    assert all(verify.grade(r, g) for r, g in zip(responses, golds))
+    assert not any(verify.grade(r, golds[(k + 1) % len(golds)]) for k, r in enumerate(responses))
 
 
 # --- golds of the shipped benchmarks ---------------------------------------------------------
