@@ -145,11 +145,12 @@ def load_benchmarks(args) -> dict[str, list[dict]]:
 def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, n: int, stop: list[int],
                      temperature: float, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
                      max_new_tokens: int, max_rows: int = 0, fallback: bool = True,
-                     synced: bool = False) -> list[list[dict]]:
-    """For each prompt, n samples as {response, extracted, correct, truncated}; at most max_rows per generate call."""
+                     synced: bool = False, static=None) -> list[list[dict]]:
+    """For each prompt, n samples as {response, extracted, correct, truncated}; at most max_rows per generate call
+    (`static`: the trainer's fast path, sample.RolloutCopy)."""
     ro = generate(model, tokenizer, prompts, n, stop=stop, temperature=temperature, top_p=top_p, top_k=top_k,
                   repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, max_rows=max_rows,
-                  synced=synced)
+                  synced=synced, static=static)
     return [[{"response": t, "extracted": extract_answer(t, fallback), "correct": grade(t, gold, fallback),
               "truncated": c} for t, c in zip(ro.texts[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
             for i, gold in enumerate(golds)]                          # rows i*n .. i*n+n-1 answer prompt i

@@ -39,6 +39,10 @@ What the estimate assumes (scope.py's step; P = parameters, n = gpus, T = tokens
   2 copies of (chunk x vocab x 4 bytes) without grad and 4 in backward, plus an fp32 copy of a bf16
   head's weight (and its grad for the FSDP student), while the last hidden state and the packed
   response positions (and for the student, every checkpointed layer input) are alive.
+- The fast rollout path (`rollouts` auto or static; sample.RolloutCopy): an unsharded copy of the
+  student in the compute dtype (a B/P) stays allocated through every phase; the student itself does
+  not sample; the KV cache is in the compute dtype, its K and V are not expanded, and it is freed
+  after each call. Calls have one size: the fewest within rollout_kv_gb, rows spread evenly over them.
 Not counted: the CUDA context and allocator fragmentation (keep about 10% free), the tokenizer's data,
 activations of the quick eval (its generate calls are smaller than training's).
 """
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sample import kv_bytes_per_token, resolve, rows_per_call
+from sample import fixed_rows, kv_bytes_per_token, resolve, rows_per_call
 
 GB = 1e9
 SAMPLING_LOGIT_COPIES = 4     # fp32 logits, tempered, top-k/top-p filtered, probabilities
@@ -136,16 +140,23 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
         return a * (2 * m.layer_params + m.root_params)
 
     # ---- generation: rows_per_call rows at a time, sized (as the trainer does) with the cache's real dtype
-    kv_value = a if sharded else 4                     # one GPU: fp32 K after RoPE makes the cache fp32
+    fast = cfg.rollouts != "plain"                     # on GPU "auto" is the fast path: sample.RolloutCopy
+    kv_value = a if sharded or fast else 4             # plain path on one GPU: fp32 K after RoPE, an fp32 cache
     kv_token = kv_bytes_per_token(student.config, kv_value)
     rows = min(rollouts, rows_per_call(cfg.rollout_kv_gb, kv_token, width))
+    rows = fixed_rows(rollouts, rows) if fast else rows
     calls = -(-rollouts // rows)
     kv = rows * width * kv_token
-    expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width else 0
+    # the plain path repeats K and V for every query head (grouped-query attention); the fast one packs them
+    expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width and not fast else 0
     decode = kv + expanded + SAMPLING_LOGIT_COPIES * rows * student.head_rows * 4
     P = cfg.max_prompt_tokens
     prefill = rows * P * (kv_token + layer_live(student, r, a)) + rows * P * P * (1 + a)
-    generation = held + student_copy + max(decode, prefill)
+    if fast:  # the copy stays allocated all step; the student itself does not sample
+        held += a * S
+        generation = held + max(decode, prefill)
+    else:
+        generation = held + student_copy + max(decode, prefill)
 
     # ---- micro-batches of whole groups, as scope.micro_batches
     mb_rows = min(rollouts, max(cfg.group_size, cfg.micro_batch_tokens // width // cfg.group_size * cfg.group_size))
@@ -178,8 +189,9 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     head = max(head_teacher, head_student)
 
     phases = [
-        ("weights + optimizer state", (16 * S) / n + teacher_held, "gpus",
-         f"student {16 / n:g} B/param, teacher {a / (n if shard_teacher else 1):g} B/param"),
+        ("weights + optimizer state", (16 * S) / n + teacher_held + (a * S if fast else 0), "gpus",
+         f"student {16 / n:g} B/param{f' + its rollout copy {a} B/param' if fast else ''}, "
+         f"teacher {a / (n if shard_teacher else 1):g} B/param"),
         ("generation", generation, "rollout_kv_gb",
          f"{rows} rows/call x {calls} call{'s' * (calls > 1)}; KV {kv / GB:.1f} GB of one call"),
         ("teacher scoring", scoring, "micro_batch_tokens or shard_teacher",

@@ -13,11 +13,13 @@ Everything that touches a model: loading, prompts, rollouts, log-probs, and the 
 
 Nothing here knows about the loss.
 """
+import atexit
 import os
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from copy import deepcopy
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +30,10 @@ import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig,
+                          GenerationConfig)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
 
 PROMPT_SUFFIX = "Put your final answer within \\boxed{}."  # the paper's instruction after every problem
@@ -258,14 +263,17 @@ class Rollouts:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: list[int], temperature: float,
              top_p: float, top_k: int, max_new_tokens: int, repetition_penalty: float = 1.0, max_rows: int = 0,
-             synced: bool = False) -> Rollouts:
+             synced: bool = False, static: "RolloutCopy | None" = None) -> Rollouts:
     """Sample `group_size` responses per prompt with HF `generate`, at most `max_rows` rows per call.
 
     Call it with the model in eval mode: HF applies gradient checkpointing only in train mode,
     so generation then runs with the KV cache and without recomputation. `synced` keeps every
     rank stepping until all ranks are done (under FSDP each forward is a collective); the number
     of calls is a function of len(prompts) and max_rows alone, so ranks with equal shares agree.
+    `static` (the fast path, below) samples with `static.model` in calls of exactly `static.rows` rows.
     """
+    if static is not None:
+        model, max_rows = static.model, static.rows
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                     add_special_tokens=False).to(device)
@@ -281,14 +289,23 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         eos_token_id=stop, pad_token_id=pad, use_cache=True,
         suppress_tokens=list(range(len(tokenizer), model.config.get_text_config().vocab_size)) or None,
     )
+    if static is not None:
+        config.cache_implementation, config.max_cache_len = "static", static.max_len
+        config.compile_config, config.disable_compile = static.compile, static.compile is None
     n, P = prompt_ids.shape
     pieces = []
     for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
         rows = slice(start, start + (max_rows or n))
-        first = int(prompt_attn[rows].any(0).nonzero().min())  # skip columns that are padding in every row here
-        out = model.generate(input_ids=prompt_ids[rows, first:], attention_mask=prompt_attn[rows, first:].long(),
+        ids, attn = prompt_ids[rows], prompt_attn[rows]
+        if static is not None:  # every call the same shape: the last one repeats its last row to fill up
+            ids, attn = static.fill(ids), static.fill(attn)
+        first = int(attn.any(0).nonzero().min())  # skip columns that are padding in every row here
+        if static is not None and P - first + max_new_tokens > static.max_len:
+            fail(f"a prompt of {P - first} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
+                 f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
+        out = model.generate(input_ids=ids[:, first:], attention_mask=attn[:, first:].long(),
                              generation_config=config, synced_gpus=synced)
-        pieces.append(out[:, P - first:])
+        pieces.append(out[:len(prompt_ids[rows]), P - first:])
     width = max(p.shape[1] for p in pieces)
     response = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])   # (N, R)
     mask = response_mask(response, stop)
@@ -296,6 +313,88 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
     texts = tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True)
     return Rollouts(tokens=torch.cat([prompt_ids, response], 1), attn=torch.cat([prompt_attn, mask], 1),
                     resp=torch.cat([torch.zeros_like(prompt_attn), mask], 1), texts=texts, truncated=truncated)
+
+
+# -----------------------------------------------------------------------------
+# The fast rollout path: the same `generate`, on a copy of the student kept for sampling
+
+class RolloutCopy:
+    """An unsharded copy of the student in the compute dtype that only samples; `refresh` it after each update.
+
+    What each piece buys, for decoding that is bound by reading weights and KV cache from memory:
+    - unsharded: FSDP does not gather weights for decoding, and each rank decodes on its own (no `synced`);
+    - in the compute dtype (bf16 on GPU): half the bytes per token, for the weights and for the KV cache;
+    - refreshed in place: the same tensors every step, so a compiled decode step (and its CUDA graph) stays valid;
+    - a static KV cache of `rows` x (max prompt + max new tokens) per call: decoding writes into it instead of
+      growing it, and every call has the same shapes, so the decode step compiles once (the cache is freed when
+      the call returns, so that the update has the memory back);
+    - `compile` (GPU: transformers' CompileConfig, CUDA graphs) removes Python and kernel-launch time per token;
+    - `packed_gqa_attention`: K and V are read once per KV head, not repeated for every query head.
+    Sampling from bf16 weights while the update scores with fp32 master weights under autocast is the usual
+    mismatch of RL samplers; the update does not correct for it (rho = 1, METHOD.md).
+    """
+
+    def __init__(self, student, dtype: torch.dtype, rows: int, max_len: int, compile=None):
+        self.model = deepcopy(student).to(dtype).eval().requires_grad_(False)
+        self.model.set_attn_implementation(PACKED_GQA)
+        self.rows, self.max_len, self.compile = rows, max_len, compile
+        self.params = dict(self.model.named_parameters())
+
+    @torch.no_grad()
+    def refresh(self, student):
+        """Copy the student's weights in, in place (under FSDP2 a collective: every rank calls it)."""
+        for name, p in student.named_parameters():
+            p = p.detach().to(self.params[name].dtype)       # cast the shard before gathering: half the traffic
+            self.params[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+
+    def fill(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x[-1:].expand(self.rows - len(x), *x.shape[1:])]) if len(x) < self.rows else x
+
+
+def rollout_copy(student, mode: str, compute: torch.dtype, rollouts: int, width: int, kv_gb: float):
+    """The fast path's RolloutCopy of the (still unsharded) student for `rollouts` rows of `width` tokens per step,
+    or None for the plain path (`mode` plain, or auto off GPU)."""
+    cuda = next(student.parameters()).device.type == "cuda"
+    if mode == "plain" or (mode == "auto" and not cuda):
+        return None
+    rows = fixed_rows(rollouts, rows_per_call(kv_gb, kv_bytes_per_token(student.config, compute.itemsize), width))
+    return RolloutCopy(student, compute, rows, width, CompileConfig() if cuda else None)
+
+
+@contextmanager
+def sampling_with(student, fast, amp, world: int):
+    """The plain path samples with the student itself, in autocast and gathered once under FSDP; the fast path
+    with its own copy, as it is."""
+    if fast is not None:
+        yield
+    else:
+        with amp, gathered(student) if world > 1 else nullcontext():
+            yield
+
+
+def fixed_rows(n: int, max_rows: int) -> int:
+    """Rows per call that split n rows into the fewest calls of one size (the last one filled up)."""
+    calls = -(-n // max(1, min(max_rows, n)))
+    return -(-n // calls)
+
+
+def packed_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA for one decoded token that folds the query heads of each KV head into the query length, so that K and
+    V are read once per KV head: exact, and unlike transformers' own SDPA (which folds only in eager mode) it
+    also holds under compile. Anything else goes to transformers' SDPA."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    b, h, _, d = query.shape                                 # query head j*groups + i reads KV head j (repeat_kv)
+    out = F.scaled_dot_product_attention(query.reshape(b, h // groups, groups, d), key, value,
+                                         attn_mask=attention_mask, scale=scaling)
+    return out.reshape(b, h, 1, d).transpose(1, 2), None     # (b, 1, h, d), as attention functions return
+
+
+PACKED_GQA = "scope_packed_gqa"
+AttentionInterface.register(PACKED_GQA, packed_gqa_attention)
+AttentionMaskInterface.register(PACKED_GQA, sdpa_mask)
 
 
 # -----------------------------------------------------------------------------
@@ -459,6 +558,18 @@ def barrier(world: int):
         dist.barrier()
 
 
+def leave_torchrun_worker():
+    """End a torchrun worker (no-op in one process) whose work is saved and whose process group is destroyed
+    without running C++'s static destructors: there gloo's threads can abort a finished rank ("terminate called
+    without an active exception", seen in CI). Python's exit handlers (a tracker's final upload) still run."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def save_model(model, tokenizer, path: Path, rank: int, world: int):
     """The student as a plain HF checkpoint (gathered from all ranks under FSDP2)."""
     state = None
@@ -471,6 +582,16 @@ def save_model(model, tokenizer, path: Path, rank: int, world: int):
     if rank == 0:
         model.save_pretrained(path, state_dict=state)
         tokenizer.save_pretrained(path)
+
+
+def fsync(*paths: Path):
+    """Flush files' data, or a directory's entries (a rename within it), to disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_state(model, optimizer, path: Path):

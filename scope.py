@@ -42,9 +42,9 @@ from transformers import HfArgumentParser
 import plan
 from eval import append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, step_metrics
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
-                    gathered, generate, kv_bytes_per_token, load_model, load_rows, load_state, micro_batches,
-                    quiet_libraries, rows_per_call, save_model, save_state, score, setup_distributed, shard, stop_ids,
-                    token_logprobs, with_prompts)
+                    fsync, generate, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows, load_state,
+                    micro_batches, quiet_libraries, rollout_copy, rows_per_call, sampling_with, save_model, save_state,
+                    score, setup_distributed, shard, stop_ids, token_logprobs, with_prompts)
 from verify import grade
 
 
@@ -145,6 +145,8 @@ class Config:
     max_prompt_tokens: int = arg(1024, "problems whose prompt is longer are dropped at load time (counted)")
     max_new_tokens: int = arg(2048, "longest response; one without a stop token by then is graded as it stands")
     rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB (rows per call follow from it)")
+    rollouts: Literal["auto", "static", "plain"] = arg("auto", "static: sample with sample.RolloutCopy; plain: "
+                                                               "with the student; auto: static on GPU only")
     # --- optimisation
     max_steps: int = arg(200, "optimizer steps")
     lr: float = arg(5e-5, "AdamW learning rate, constant (paper: 5e-5)")
@@ -231,13 +233,16 @@ def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, voc
     return infos
 
 
-def optimizer_step(student, optimizer, cfg: Config) -> float:
-    """Clip and step; a non-finite global norm (the same on every rank) skips the step. Returns the norm."""
+def optimizer_step(student, optimizer, cfg: Config, fast=None) -> float:
+    """Clip and step; a non-finite global norm (the same on every rank) skips the step; then the rollout copy
+    follows the student. Returns the norm."""
     norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip or float("inf"))
     norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
     if math.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if fast is not None:
+        fast.refresh(student)
     return norm
 
 
@@ -265,21 +270,21 @@ def main(argv: list[str]):
     resume_from = find_checkpoint(cfg, out_dir)
     check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
     compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
-    student, teacher, tok = load_models(cfg, device, compute, world)
+    student, teacher, tok, fast = load_models(cfg, device, compute, world)
     vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
     amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(resume_from, student, optimizer, cfg) if resume_from else 0
+    start = load_checkpoint(resume_from, student, optimizer, cfg, fast) if resume_from else 0
     kv = kv_bytes_per_token(student.config, compute.itemsize if world > 1 else 4)  # fp32 weights: fp32 cache
     sampling = dict(stop=stop_ids(student, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
-                    max_new_tokens=cfg.max_new_tokens, synced=world > 1,
+                    max_new_tokens=cfg.max_new_tokens, synced=world > 1 and fast is None, static=fast,
                     max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
 
     def quick_eval(step: int) -> float:
         student.eval()
-        with amp, gathered(student) if world > 1 else nullcontext():
+        with sampling_with(student, fast, amp, world):
             accuracy = held_out_accuracy(student, tok, held_out, n=cfg.eval_samples, rank=rank, world=world,
                                          **{**sampling, "temperature": cfg.eval_temperature})
         if rank == 0:
@@ -301,7 +306,7 @@ def main(argv: list[str]):
 
         # ---- sample G answers per problem from the current student
         student.eval()
-        with amp, gathered(student) if world > 1 else nullcontext():
+        with sampling_with(student, fast, amp, world):
             ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
                           **sampling)
         t1 = time.perf_counter()
@@ -323,7 +328,7 @@ def main(argv: list[str]):
         student.train()
         norms = loss_norms(ro, correct, cfg, world)
         infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms, world)
-        grad_norm = optimizer_step(student, optimizer, cfg)
+        grad_norm = optimizer_step(student, optimizer, cfg, fast)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
         t4 = time.perf_counter()
 
@@ -364,21 +369,24 @@ def finish(student, tok, out_dir: Path, rank: int, world: int):
 
 
 def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
-    """(student, teacher, tokenizer): the student in float32 (its master weights), the teacher frozen in the
-    compute dtype; both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false)."""
+    """(student, teacher, tokenizer, rollout copy): the student in float32 (its master weights), the teacher frozen
+    in the compute dtype; both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false); the
+    student's RolloutCopy for the fast path, else None."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16
     student, tok = load_model(cfg.student, torch.float32, device)
     teacher, teacher_tok = load_model(cfg.teacher, compute, device)
     check_same_tokenizer(tok, teacher_tok, cfg.student, cfg.teacher)
     teacher.requires_grad_(False).eval()
+    fast = rollout_copy(student, cfg.rollouts, compute, cfg.batch_size // world * cfg.group_size,
+                        cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.rollout_kv_gb)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if world > 1:
         shard(student, compute)
         if cfg.shard_teacher:
             shard(teacher, compute)
-    return student, teacher, tok
+    return student, teacher, tok, fast
 
 
 def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]:
@@ -439,22 +447,18 @@ def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, cfg: 
     barrier(world)
     if rank == 0:
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **{k: getattr(cfg, k) for k in RESUME_FIELDS}}))
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
+        fsync(*(f for f in tmp.rglob("*") if f.is_file()))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-        fd = os.open(out_dir, os.O_RDONLY)  # make the rename itself durable
-        os.fsync(fd)
-        os.close(fd)
+        fsync(out_dir)  # make the rename itself durable
         for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old)
     barrier(world)
 
 
-def load_checkpoint(path: Path, model, optimizer, cfg: Config) -> int:
-    """Restore model and optimizer from a checkpoint made with the same RESUME_FIELDS; returns its step."""
+def load_checkpoint(path: Path, model, optimizer, cfg: Config, fast=None) -> int:
+    """Restore model and optimizer (and the rollout copy) from a checkpoint made with the same RESUME_FIELDS;
+    returns its step."""
     saved = json.loads((path / "trainer.json").read_text())
     for name in RESUME_FIELDS:
         if name in saved and saved[name] != getattr(cfg, name):
@@ -462,6 +466,8 @@ def load_checkpoint(path: Path, model, optimizer, cfg: Config) -> int:
                  f"{getattr(cfg, name)!r}; it decides which rollouts each step draws, so resume with the same "
                  f"value or start a fresh run in another --output-dir")
     load_state(model, optimizer, path / "state")
+    if fast is not None:
+        fast.refresh(model)
     print(f"resumed from {path} (step {saved['step']})")
     return saved["step"]
 
@@ -491,3 +497,4 @@ def stop_now(argv: list[str], step: int, signum, rank: int):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    leave_torchrun_worker()

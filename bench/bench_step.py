@@ -15,7 +15,12 @@ clipping and one AdamW step. What is not real:
     --response-len tokens: the longest step these sizes allow;
   - the verifier is replaced by random correctness flags, half of them true.
 --steps steps run (default 2) and the table is the last one's: the first pays one-time costs
-(CUDA kernel loading, AdamW's state allocation).
+(CUDA kernel loading, AdamW's state allocation, compiling the static path's decode step).
+
+Both rollout paths run in every step, side by side, on the same prompts (--rollouts picks one):
+"plain" samples with the student itself (fp32 weights under bf16 autocast, a growing cache), "static"
+with scope.py's fast path, `sample.RolloutCopy` (a bf16 copy, a static cache, compiled decoding on GPU,
+packed grouped-query attention), refreshed from the student after the update as scope.py does.
 
 MFU counts matmul FLOPs: 2 x body weights per token, causal attention (QK^T and AV: 2 x hidden
 x length per token per layer), and the head only at the scored (response) positions, over the
@@ -30,10 +35,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, CompileConfig, GenerationConfig, Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sample import Rollouts, micro_batches, score  # noqa: E402
+from sample import RolloutCopy, Rollouts, micro_batches, score  # noqa: E402
 from scope import Config, accumulate_gradients  # noqa: E402
 
 VOCAB = 151_665        # the shared tokenizer's ids: prompts are drawn from them, log-probs are over them
@@ -111,6 +116,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny models and shapes (a CPU smoke test); "
                         "shape flags still override")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rollouts", choices=["both", "plain", "static"], default="both",
+                        help="rollout paths to time in each step (both: side by side)")
     if parser.parse_known_args()[0].tiny:
         parser.set_defaults(**TINY_SHAPES)
     args = parser.parse_args()
@@ -127,6 +134,11 @@ def main():
         student = AutoModelForCausalLM.from_config(student_cfg, dtype=torch.float32)
         teacher = AutoModelForCausalLM.from_config(teacher_cfg, dtype=torch.bfloat16 if cuda else torch.float32)
     teacher.requires_grad_(False).eval()
+    paths = ["plain", "static"] if args.rollouts == "both" else [args.rollouts]
+    fast = None
+    if "static" in paths:              # before checkpointing is switched on, as scope.load_models
+        fast = RolloutCopy(student, torch.bfloat16 if cuda else torch.float32, rows=n, max_len=length,
+                           compile=CompileConfig() if cuda else None)
     student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
@@ -145,7 +157,13 @@ def main():
         min_new_tokens=args.response_len, eos_token_id=EOS, pad_token_id=EOS, use_cache=True,
         suppress_tokens=list(range(VOCAB, student_cfg.vocab_size)))
 
-    def sample(prompts):
+    def sample(prompts, path):
+        if path == "static":               # as sample.generate with `static`
+            config = GenerationConfig(**{**gen_config.to_dict(), "cache_implementation": "static",
+                                         "max_cache_len": length, "compile_config": fast.compile,
+                                         "disable_compile": fast.compile is None})
+            return fast.model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                                       generation_config=config)
         student.eval()                     # no gradient checkpointing while generating
         with amp:
             return student.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
@@ -153,8 +171,8 @@ def main():
 
     def update(ro, batches, teacher_logp, correct, group):
         student.train()
-        norm = ro.resp.sum().item()        # token_mean: every response token of the step
-        accumulate_gradients(student, ro, batches, teacher_logp, correct, group, VOCAB, cfg, amp, norm, world=1)
+        norms = (ro.resp.sum().item(), None)  # token_mean over every response token of the step (scope.loss_norms)
+        accumulate_gradients(student, ro, batches, teacher_logp, correct, group, VOCAB, cfg, amp, norms, world=1)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -164,8 +182,11 @@ def main():
         torch.manual_seed(step)
         prompts = torch.randint(VOCAB, (args.batch_prompts, args.prompt_len), device=device)
         prompts = prompts.repeat_interleave(args.group_size, 0)                   # (N, P)
-        tokens, t_gen, h_gen, m_gen = run_phase("generate", lambda: sample(prompts), device,
-                                         f"{n} rows x {args.response_len} new tokens")
+        gen = {}
+        for path in paths:
+            gen[path] = run_phase(f"generate ({path})", lambda: sample(prompts, path), device,
+                                  f"{n} rows x {args.response_len} new tokens")
+        tokens = gen[paths[0]][0]
         attn = torch.ones_like(tokens, dtype=torch.bool)                          # (N, L)
         resp = attn.clone()
         resp[:, :args.prompt_len] = False
@@ -180,6 +201,8 @@ def main():
                              chunk_tokens=cfg.logprob_chunk_tokens)
         teacher_logp, t_tea, h_tea, m_tea = run_phase("teacher", teacher_scores, device, size)
         _, t_upd, h_upd, m_upd = run_phase("update", lambda: update(ro, batches, teacher_logp, correct, group), device, size)
+        if fast is not None:
+            _, t_ref, h_ref, m_ref = run_phase("refresh", lambda: fast.refresh(student), device, "the rollout copy")
 
     # ---- report the last step
     new, total = n * args.response_len, n * length
@@ -190,14 +213,27 @@ def main():
     print(f"\nstep {args.steps}, {device}; {memory}; MFU against {args.peak_tflops:g} TFLOP/s")
     print("| phase | seconds | tokens | tokens/s | held before | peak | MFU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| generate (student) | {t_gen:.2f} | {new:,} new | {new / t_gen:,.0f} | {h_gen:.2f} GB | {m_gen:.2f} GB | - |")
+    for path in paths:
+        _, t_gen, h_gen, m_gen = gen[path]
+        who = "the student" if path == "plain" else "its rollout copy"
+        print(f"| generate, {path} ({who}) | {t_gen:.2f} | {new:,} new | {new / t_gen:,.0f} | {h_gen:.2f} GB | "
+              f"{m_gen:.2f} GB | - |")
+    if fast is not None:
+        print(f"| refresh the rollout copy | {t_ref:.2f} | | | {h_ref:.2f} GB | {m_ref:.2f} GB | - |")
     print(f"| teacher scoring | {t_tea:.2f} | {total:,} | {total / t_tea:,.0f} | {h_tea:.2f} GB | {m_tea:.2f} GB | "
           f"{mfu_tea:.1%} |")
     print(f"| update (student) | {t_upd:.2f} | {total:,} | {total / t_upd:,.0f} | {h_upd:.2f} GB | {m_upd:.2f} GB | "
           f"{mfu_upd:.1%} |")
-    t_step = t_gen + t_tea + t_upd
-    print(f"| step | {t_step:.2f} | {new:,} response | {new / t_step:,.0f} | | {max(m_gen, m_tea, m_upd):.2f} GB | - |")
-
+    steps = {}
+    for path in paths:
+        t_gen, m_gen = gen[path][1], gen[path][3]
+        steps[path] = t_gen + t_tea + t_upd + (t_ref if path == "static" else 0.0)
+        print(f"| step, {path} | {steps[path]:.2f} | {new:,} response | {new / steps[path]:,.0f} | | "
+              f"{max(m_gen, m_tea, m_upd):.2f} GB | - |")
+    if len(paths) == 2:
+        print(f"\nstatic against plain: generation {gen['plain'][1] / gen['static'][1]:.2f}x faster, step "
+              f"{steps['plain'] / steps['static']:.2f}x faster; generation peak {gen['static'][3]:.2f} GB against "
+              f"{gen['plain'][3]:.2f} GB")
 
 if __name__ == "__main__":
     main()

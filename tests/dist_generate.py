@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torchrun: FSDP2 generation where the ranks stop at
 different lengths, counting the parameter all-gathers. Rank 0 prints every rank's numbers as one JSON line."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,3 +42,5 @@ dist.all_gather_object(everyone, mine)  # one print from rank 0: two ranks writi
 if rank == 0:
     print(json.dumps(everyone), flush=True)
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # as scope.leave_torchrun_worker: no C++ static destructors, where gloo's threads can abort a rank

@@ -39,11 +39,12 @@ def torchrun(args: list[str], timeout: int = 240) -> str:
 
 def test_two_ranks_make_the_same_update_as_one_process(tiny_pair, tmp_path):
     """Same global batch (4 prompts: 2 per rank): same losses and weights after 2 steps.
-    top_k = 1 makes the rollouts independent of how the batch is split across ranks."""
+    top_k = 1 makes the rollouts independent of how the batch is split across ranks, and of the rollout path:
+    the two ranks sample with the fast path's copy of the sharded student, the one process with the student."""
     student, teacher, data = tiny_pair
     args = tiny_args(student, teacher, data, tmp_path / "one", "--top-k", "1")
     scope.main(args)
-    torchrun(["scope.py", *tiny_args(student, teacher, data, tmp_path / "two", "--top-k", "1")])
+    torchrun(["scope.py", *tiny_args(student, teacher, data, tmp_path / "two", "--top-k", "1", "--rollouts", "static")])
     one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(one) == len(two) == 2
@@ -66,6 +67,14 @@ def test_ranks_that_stop_at_different_lengths_do_not_hang_and_gather_once(toy_wo
     for r in ranks:
         assert r["gathered_all_gathers"] == r["units"]  # one all-gather per FSDP unit for the whole generate
         assert r["plain_all_gathers"] > 5 * r["units"]   # versus one per unit per decoded token
+
+
+def test_the_rollout_copy_of_a_sharded_student_equals_it_bitwise_after_every_update(tiny_pair):
+    out = torchrun(["tests/dist_refresh.py", str(tiny_pair[0])])
+    ranks = next(json.loads(line) for line in out.splitlines() if line.startswith("[{"))
+    assert len(ranks) == 2
+    for r in ranks:
+        assert r["checked"] > 10 and r["mismatches"] == [] and r["moved"] > 1e-3, r
 
 
 def test_toy_config_trains_under_torchrun_and_its_checkpoint_reloads(toy_world, tmp_path):

@@ -26,7 +26,7 @@ def cfg(tmp_path):
         student=save_config(tmp_path / "student"), teacher=save_config(tmp_path / "teacher", hidden_size=64, num_hidden_layers=8),
         batch_size=8, group_size=4, max_prompt_tokens=16, max_new_tokens=48, micro_batch_tokens=512,
         logprob_chunk_tokens=64, gradient_checkpointing=True, dtype="bfloat16", shard_teacher=True,
-        rollout_kv_gb=1e-4, gpus=1, gpu_memory_gb=80.0)
+        rollout_kv_gb=1e-4, gpus=1, gpu_memory_gb=80.0, rollouts="plain")
 
 
 def phases(cfg) -> dict[str, float]:
@@ -71,6 +71,21 @@ def test_one_gpu_caches_kv_in_fp32_and_sizes_its_calls_with_4_bytes_per_value(cf
     _, sizes = plan.estimate(cfg, student, teacher)
     assert sizes["rows"] == 2 and sizes["kv_token"] == per_token == 256
     assert sizes["kv_gb"] * 1e9 == pytest.approx(2 * 64 * 256, abs=1e-3)   # within the budget
+
+
+def test_the_fast_path_holds_a_bf16_copy_and_samples_with_a_bf16_cache_in_calls_of_one_size(cfg):
+    per_token = 2 * LAYERS * KV_HEADS * HEAD_DIM * 2                 # the copy's dtype: 2 bytes per value
+    cfg.rollout_kv_gb = 10.5 * per_token * 64 / 1e9                  # ten and a half rows of 64 tokens
+    student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
+    plain = phases(cfg)
+    cfg.rollouts = "auto"                                            # a plan is for GPUs: auto is the fast path
+    _, sizes = plan.estimate(cfg, student, teacher)
+    assert sizes["kv_token"] == per_token and sizes["calls"] == 4 and sizes["rows"] == 8   # 32 rows: 4 x 8, not 10+10+10+2
+    fast = phases(cfg)
+    assert fast["weights + optimizer state"] * 1e9 == pytest.approx(plain["weights + optimizer state"] * 1e9
+                                                                    + 2 * student.params, abs=1)
+    for phase in ("teacher scoring", "update"):                      # the copy is there all step
+        assert fast[phase] * 1e9 == pytest.approx(plain[phase] * 1e9 + 2 * student.params, abs=1)
 
 
 def test_weights_and_optimizer_state_divide_by_the_gpus(cfg):
