@@ -7,6 +7,8 @@ Everything that touches a model: loading, prompts, rollouts, log-probs, and the 
   end a response (the model's EOS, and the token that closes a turn of its chat template).
 - `generate` samples G responses for each of B prompts with HF `generate`, in calls whose KV cache
   fits a budget, and returns them with a response mask that ends at the first stop token.
+- `RolloutCopy` is the fast rollout path: the same `generate` on a bf16 copy of the student that is
+  refreshed after each update, with a static KV cache, compiled decoding and packed GQA attention.
 - `token_logprobs` scores given tokens under any model (student with gradients, teacher without),
   over the shared tokenizer's ids only, in chunks so that (tokens x vocab) logits never exist in full.
 - `setup_distributed`, `shard`, `gathered`: FSDP2 under torchrun; without torchrun none of it runs.
