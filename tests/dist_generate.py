@@ -43,4 +43,4 @@ if rank == 0:
     print(json.dumps(everyone), flush=True)
 dist.destroy_process_group()
 sys.stdout.flush()
-os._exit(0)  # as scope.leave_torchrun_worker: no C++ static destructors, where gloo's threads can abort a rank
+os._exit(0)  # as sample.leave_torchrun_worker: no C++ static destructors, where gloo's threads can abort a rank
