@@ -468,8 +468,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def plot_run(run_dir: Path) -> Path | None:
-    """curves.png in a training run's directory: each path's loss, fraction correct, KL, weight entropy,
-    held-out accuracy; from metrics.jsonl and eval.jsonl. Returns its path, or None when nothing was drawn."""
+    """curves.png in a training run's directory: each path's loss, fraction correct, KL, the weights' effective
+    sample size, held-out accuracy; from metrics.jsonl and eval.jsonl. Returns its path, or None when nothing was drawn."""
     metrics, evals = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
     plt = pyplot() if metrics or evals else None
     if plt is None:

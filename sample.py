@@ -291,10 +291,13 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         eos_token_id=stop, pad_token_id=pad, use_cache=True,
         suppress_tokens=list(range(len(tokenizer), model.config.get_text_config().vocab_size)) or None,
     )
-    if static is not None:
+    n, P = prompt_ids.shape
+    if static is not None:  # the fast path: a static cache of one length, compiled decoding where compile is set
+        if P + max_new_tokens > static.max_len:
+            fail(f"a prompt of {P} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
+                 f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
         config.cache_implementation, config.max_cache_len = "static", static.max_len
         config.compile_config, config.disable_compile = static.compile, static.compile is None
-    n, P = prompt_ids.shape
     pieces = []
     for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
         rows = slice(start, start + (max_rows or n))
@@ -302,9 +305,6 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         if static is not None:  # every call the same shape: the last one repeats its last row to fill up
             ids, attn = static.fill(ids), static.fill(attn)
         first = int(attn.any(0).nonzero().min())  # skip columns that are padding in every row here
-        if static is not None and P - first + max_new_tokens > static.max_len:
-            fail(f"a prompt of {P - first} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
-                 f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
         out = model.generate(input_ids=ids[:, first:], attention_mask=attn[:, first:].long(),
                              generation_config=config, synced_gpus=synced)
         pieces.append(out[:len(prompt_ids[rows]), P - first:])

@@ -240,9 +240,9 @@ def optimizer_step(student, optimizer, cfg: Config, fast=None) -> float:
     norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
     if math.isfinite(norm):
         optimizer.step()
+        if fast is not None:
+            fast.refresh(student)
     optimizer.zero_grad(set_to_none=True)
-    if fast is not None:
-        fast.refresh(student)
     return norm
 
 
@@ -364,7 +364,7 @@ def finish(student, tok, out_dir: Path, rank: int, world: int):
         plot_run(out_dir)
         print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
     if world > 1:
-        barrier(world)  # no rank tears down gloo while another is still using it (a rank that did aborted in CI)
+        barrier(world)  # every rank is done with the process group before any tears it down
         dist.destroy_process_group()
 
 

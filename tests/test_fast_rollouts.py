@@ -2,6 +2,8 @@
 the student exactly, with shapes that let a compiled decode step compile once."""
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM
 import sample
 import scope
 import toy
-from conftest import tiny_args
+from conftest import ROOT, tiny_args
 from sample import RolloutCopy, fixed_rows, generate
 
 MAX_PROMPT, MAX_NEW = 24, 12
@@ -179,9 +181,6 @@ def test_rollouts_auto_is_plain_on_cpu_and_static_trains_like_plain(tiny_pair, t
 
 
 def test_the_step_benchmark_runs_both_rollout_paths_side_by_side():
-    import subprocess
-    import sys
-    from conftest import ROOT
     out = subprocess.run([sys.executable, "bench/bench_step.py", "--tiny", "--device", "cpu", "--steps", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
