@@ -39,10 +39,12 @@ What the estimate assumes (scope.py's step; P = parameters, n = gpus, T = tokens
   2 copies of (chunk x vocab x 4 bytes) without grad and 4 in backward, plus an fp32 copy of a bf16
   head's weight (and its grad for the FSDP student), while the last hidden state and the packed
   response positions (and for the student, every checkpointed layer input) are alive.
-- The fast rollout path (`rollouts` auto or static; sample.RolloutCopy): an unsharded copy of the
-  student in the compute dtype (a B/P) stays allocated through every phase; the student itself does
-  not sample; the KV cache is in the compute dtype, its K and V are not expanded, and it is freed
-  after each call. Calls have one size: the fewest within rollout_kv_gb, rows spread evenly over them.
+- The fast rollout path (`rollouts: static`; sample.RolloutCopy): an unsharded copy of the student in
+  the compute dtype (a B/P) and the run's one static KV cache (rows x width, compute dtype) stay
+  allocated through every phase; the student itself does not sample. Calls have one size: the fewest
+  within rollout_kv_gb, rows spread evenly over them. Its prefill runs over the whole cache length:
+  the padding mask is (rows, 1, prompt, width), and transformers' SDPA repeats one layer's K and V to
+  every query head over the width (`static_prefill`); one decoded token reads K and V packed.
 Not counted: the CUDA context and allocator fragmentation (keep about 10% free), the tokenizer's data,
 activations of the quick eval (its generate calls are smaller than training's).
 """
@@ -117,6 +119,17 @@ def layer_live(m: Shape, r: int, a: int) -> int:
     return 3 * r * m.hidden + max(a * (q + 2 * kv) + r * (q + kv) + 3 * a * q, 3 * a * m.intermediate)
 
 
+def static_prefill(m: Shape, rows: int, prompt: int, cache_len: int, a: int) -> dict[str, int]:
+    """Bytes the fast path (a static cache) allocates at prefill besides one layer's activations, as transformers
+    builds them: the cache itself (every layer, rows x cache_len, allocated at the first call and kept); the bool
+    padding mask (rows, 1, prompt, cache_len), over the whole cache length (SDPA adds a copy in the compute dtype);
+    and one layer's K and V repeated to every query head over the cache length (transformers' SDPA repeats them
+    whenever there is a mask; sample.packed_gqa_attention avoids it for one decoded token only)."""
+    return {"cache": rows * cache_len * kv_bytes_per_token(m.config, a),
+            "mask": rows * prompt * cache_len,
+            "kv_expanded": 2 * rows * cache_len * m.q_width * a if m.q_width > m.kv_width else 0}
+
+
 def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     """Per-GPU GB of each phase: ([(phase, GB, field to change, what it counts)], sizes of the step)."""
     n = cfg.gpus
@@ -140,23 +153,24 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
         return a * (2 * m.layer_params + m.root_params)
 
     # ---- generation: rows_per_call rows at a time, sized (as the trainer does) with the cache's real dtype
-    fast = cfg.rollouts != "plain"                     # on GPU "auto" is the fast path: sample.RolloutCopy
+    fast = cfg.rollouts == "static"                    # the fast path: sample.RolloutCopy
     kv_value = a if sharded or fast else 4             # plain path on one GPU: fp32 K after RoPE, an fp32 cache
     kv_token = kv_bytes_per_token(student.config, kv_value)
     rows = min(rollouts, rows_per_call(cfg.rollout_kv_gb, kv_token, width))
     rows = fixed_rows(rollouts, rows) if fast else rows
     calls = -(-rollouts // rows)
     kv = rows * width * kv_token
-    # the plain path repeats K and V for every query head (grouped-query attention); the fast one packs them
-    expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width and not fast else 0
-    decode = kv + expanded + SAMPLING_LOGIT_COPIES * rows * student.head_rows * 4
+    logits = SAMPLING_LOGIT_COPIES * rows * student.head_rows * 4
     P = cfg.max_prompt_tokens
-    prefill = rows * P * (kv_token + layer_live(student, r, a)) + rows * P * P * (1 + a)
-    if fast:  # the copy stays allocated all step; the student itself does not sample
-        held += a * S
-        generation = held + max(decode, prefill)
-    else:
-        generation = held + student_copy + max(decode, prefill)
+    if fast:  # the copy and the run's one static cache stay allocated all step; the student itself does not sample
+        held += a * S + kv
+        static = static_prefill(student, rows, P, width, a)
+        prefill = rows * P * layer_live(student, a, a) + static["mask"] * (1 + a) + static["kv_expanded"]
+        generation = held + max(logits, prefill)
+    else:     # the plain path repeats K and V for every query head (grouped-query attention) when decoding
+        expanded = rows * width * 2 * student.q_width * kv_value if student.q_width > student.kv_width else 0
+        prefill = rows * P * (kv_token + layer_live(student, r, a)) + rows * P * P * (1 + a)
+        generation = held + student_copy + max(kv + expanded + logits, prefill)
 
     # ---- micro-batches of whole groups, as scope.micro_batches
     mb_rows = min(rollouts, max(cfg.group_size, cfg.micro_batch_tokens // width // cfg.group_size * cfg.group_size))
@@ -189,8 +203,8 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     head = max(head_teacher, head_student)
 
     phases = [
-        ("weights + optimizer state", (16 * S) / n + teacher_held + (a * S if fast else 0), "gpus",
-         f"student {16 / n:g} B/param{f' + its rollout copy {a} B/param' if fast else ''}, "
+        ("weights + optimizer state", (16 * S) / n + teacher_held + (a * S + kv if fast else 0), "gpus",
+         f"student {16 / n:g} B/param{f' + its rollout copy {a} B/param and cache {kv / GB:.1f} GB' if fast else ''}, "
          f"teacher {a / (n if shard_teacher else 1):g} B/param"),
         ("generation", generation, "rollout_kv_gb",
          f"{rows} rows/call x {calls} call{'s' * (calls > 1)}; KV {kv / GB:.1f} GB of one call"),

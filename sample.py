@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.utils.checkpoint import checkpoint
 from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig,
-                          GenerationConfig)
+                          GenerationConfig, StaticCache)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
@@ -111,9 +111,9 @@ def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str):
 
 
 def load_rows(source: str, split: str, problem_field: str, answer_field: str, skip_bad: bool,
-              unreliable_field: str = "") -> list[dict]:
+              all_fields: bool = False) -> list[dict]:
     """Problems and answers from a local .jsonl/.json/.parquet file or a hub dataset, checked row by row;
-    with unreliable_field, also that boolean field as "unreliable"."""
+    with all_fields, each row's other fields too, as they are (what a rollout labeller reads)."""
     import datasets
 
     path = Path(source)
@@ -142,12 +142,7 @@ def load_rows(source: str, split: str, problem_field: str, answer_field: str, sk
         if bad:
             skipped += 1
             continue
-        rows.append({"problem": problem, "answer": answer})
-        if unreliable_field:
-            if not isinstance(row.get(unreliable_field), bool):
-                fail(f"{source}, row {i}: field {unreliable_field!r} is {row.get(unreliable_field)!r}; expected "
-                     f"true or false")
-            rows[-1]["unreliable"] = row[unreliable_field]
+        rows.append({**(row if all_fields else {}), "problem": problem, "answer": answer})
     if skipped:
         say(f"{source}: skipped {skipped} bad rows of {len(data)}")
     if not rows:
@@ -201,6 +196,26 @@ def turn_end_id(tokenizer) -> int | None:
         if t in special:
             return t if not tokenizer.decode(ids[:i]).strip() else None
     return None
+
+
+def thinking_opened(tokenizer) -> str:
+    """The thinking block the chat template's generation prompt opens and leaves open, or "".
+
+    DeepSeek-R1-Distill's current template ends the prompt with "<think>\\n": its responses hold the closing
+    </think> but never the opening. `generate` puts this text back in front of such responses, so that the
+    grader sees an unfinished thought as unfinished (no answer) and grades a finished one on what follows it.
+    """
+    marker = "PROBLEM-ENDS-HERE"
+    if not tokenizer.chat_template:
+        return ""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # a template may refuse this conversation; then it opens nothing we can see
+        return ""
+    tail = text[text.rfind(marker) + len(marker):]
+    start = tail.rfind("<think>")
+    return tail[start:] if start >= 0 and "</think>" not in tail[start:] else ""
 
 
 def stop_ids(model, tokenizer, chat_template: bool) -> list[int]:
@@ -258,7 +273,7 @@ class Rollouts:
     tokens: torch.Tensor     # (N, L) prompt (left-padded) followed by response
     attn: torch.Tensor       # (N, L) bool: real prompt tokens and response tokens up to the first stop
     resp: torch.Tensor       # (N, L) bool: response tokens only (the ones that are scored)
-    texts: list[str]         # N decoded responses, up to the first stop
+    texts: list[str]         # N decoded responses, up to the first stop (after a thought the prompt opened)
     truncated: torch.Tensor  # (N,) bool: no stop within max_new_tokens
 
 
@@ -296,7 +311,6 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         if P + max_new_tokens > static.max_len:
             fail(f"a prompt of {P} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
                  f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
-        config.cache_implementation, config.max_cache_len = "static", static.max_len
         config.compile_config, config.disable_compile = static.compile, static.compile is None
     pieces = []
     for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
@@ -304,15 +318,20 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         ids, attn = prompt_ids[rows], prompt_attn[rows]
         if static is not None:  # every call the same shape: the last one repeats its last row to fill up
             ids, attn = static.fill(ids), static.fill(attn)
+            static.cache.reset()  # zeroed in place: the same tensors, call after call
         first = int(attn.any(0).nonzero().min())  # skip columns that are padding in every row here
         out = model.generate(input_ids=ids[:, first:], attention_mask=attn[:, first:].long(),
-                             generation_config=config, synced_gpus=synced)
+                             generation_config=config, synced_gpus=synced,
+                             **({"cache": static.cache} if static is not None else {}))
         pieces.append(out[:len(prompt_ids[rows]), P - first:])
     width = max(p.shape[1] for p in pieces)
     response = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])   # (N, R)
     mask = response_mask(response, stop)
     truncated = ~torch.isin(response, torch.tensor(stop, device=device)).any(-1)
-    texts = tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True)
+    opened = thinking_opened(tokenizer)  # a prompt that ends inside a thought: its responses start inside one
+    heads = [opened if opened and p.endswith(opened) else "" for p in prompts]
+    texts = [heads[i // group_size] + t for i, t in
+             enumerate(tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True))]
     return Rollouts(tokens=torch.cat([prompt_ids, response], 1), attn=torch.cat([prompt_attn, mask], 1),
                     resp=torch.cat([torch.zeros_like(prompt_attn), mask], 1), texts=texts, truncated=truncated)
 
@@ -327,38 +346,46 @@ class RolloutCopy:
     - unsharded: FSDP does not gather weights for decoding, and each rank decodes on its own (no `synced`);
     - in the compute dtype (bf16 on GPU): half the bytes per token, for the weights and for the KV cache;
     - refreshed in place: the same tensors every step, so a compiled decode step (and its CUDA graph) stays valid;
-    - a static KV cache of `rows` x (max prompt + max new tokens) per call: decoding writes into it instead of
-      growing it, and every call has the same shapes, so the decode step compiles once (the cache is freed when
-      the call returns, so that the update has the memory back);
+    - one static KV cache of `rows` x (max prompt + max new tokens) for the run: decoding writes into it instead
+      of growing it, and every call has the same shapes and the same cache tensors, so the decode step compiles
+      (and records its CUDA graphs) once; the cache stays allocated through the update (plan.py counts it);
     - `compile` (GPU: transformers' CompileConfig, CUDA graphs) removes Python and kernel-launch time per token;
     - `packed_gqa_attention`: K and V are read once per KV head, not repeated for every query head.
-    Sampling from bf16 weights while the update scores with fp32 master weights under autocast is the usual
-    mismatch of RL samplers; the update does not correct for it (rho = 1, METHOD.md).
+    Buffers (RoPE's inverse frequencies) stay exactly as the student holds them. Sampling from bf16 weights while
+    the update scores with fp32 master weights under autocast is the usual mismatch of RL samplers; the update does
+    not correct for it (rho = 1, METHOD.md), and scope.py logs its size (sampler_logratio) at quick-eval steps.
     """
 
     def __init__(self, student, dtype: torch.dtype, rows: int, max_len: int, compile=None):
-        self.model = deepcopy(student).to(dtype).eval().requires_grad_(False)
+        self.model = deepcopy(student).eval().requires_grad_(False)
+        for p in self.model.parameters():  # parameters only: `.to(dtype)` would round RoPE's fp32 frequencies too
+            p.data = p.data.to(dtype)
         self.model.set_attn_implementation(PACKED_GQA)
         self.rows, self.max_len, self.compile = rows, max_len, compile
-        self.params = dict(self.model.named_parameters())
+        self.params, self.buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        # One cache for the whole run, reset before each call: its tensors keep their addresses, so a compiled
+        # decode step and its CUDA graphs are recorded once (`generate` would build a new cache every call).
+        self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
 
     @torch.no_grad()
     def refresh(self, student):
-        """Copy the student's weights in, in place (under FSDP2 a collective: every rank calls it)."""
+        """Copy the student's weights and buffers in, in place (under FSDP2 a collective: every rank calls it)."""
         for name, p in student.named_parameters():
             p = p.detach().to(self.params[name].dtype)       # cast the shard before gathering: half the traffic
             self.params[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+        for name, b in student.named_buffers():
+            self.buffers[name].copy_(b)
 
     def fill(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x[-1:].expand(self.rows - len(x), *x.shape[1:])]) if len(x) < self.rows else x
 
 
 def rollout_copy(student, mode: str, compute: torch.dtype, rollouts: int, width: int, kv_gb: float):
-    """The fast path's RolloutCopy of the (still unsharded) student for `rollouts` rows of `width` tokens per step,
-    or None for the plain path (`mode` plain, or auto off GPU)."""
-    cuda = next(student.parameters()).device.type == "cuda"
-    if mode == "plain" or (mode == "auto" and not cuda):
+    """The fast path's RolloutCopy of the (still unsharded) student for `rollouts` rows of `width` tokens per step
+    (`mode` static; compiled decoding on GPU only), or None for the plain path."""
+    if mode == "plain":
         return None
+    cuda = next(student.parameters()).device.type == "cuda"
     rows = fixed_rows(rollouts, rows_per_call(kv_gb, kv_bytes_per_token(student.config, compute.itemsize), width))
     return RolloutCopy(student, compute, rows, width, CompileConfig() if cuda else None)
 

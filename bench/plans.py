@@ -1,11 +1,13 @@
 """The memory plan (plan.py) of each shipped config at the GPU count it was sized for: offline, seconds.
 
-    python bench/plans.py
+    python bench/plans.py                    # on the default rollout path (plain)
+    python bench/plans.py --rollouts static  # on the fast path (sample.RolloutCopy)
 
 The published models' configurations are written below (no hub access) into temporary directories,
 and each YAML's student and teacher are pointed at them; every other field is the YAML's, or
 scope.Config's default where the YAML does not set it.
 """
+import argparse
 import os
 import sys
 import tempfile
@@ -72,7 +74,7 @@ def shipped_plan_config(path: str, gpus: int, gpu_memory_gb: float) -> SimpleNam
     return cfg
 
 
-def main() -> bool:
+def main(rollouts: str = "") -> bool:
     fits = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Each model is written under its own name, and the plan runs from there: the YAML's names
@@ -82,7 +84,9 @@ def main() -> bool:
         os.chdir(tmp)
         for path, (gpus, memory) in SHIPPED.items():
             print(f"## {path}\n")
-            fits[path] = plan.print_plan(shipped_plan_config(path, gpus, memory))
+            cfg = shipped_plan_config(path, gpus, memory)
+            cfg.rollouts = rollouts or cfg.rollouts
+            fits[path] = plan.print_plan(cfg)
             print()
         os.chdir(ROOT)
     for path, ok in fits.items():
@@ -91,4 +95,6 @@ def main() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", choices=("plain", "static"), default="", help="default: each config's own")
+    sys.exit(0 if main(parser.parse_args().rollouts) else 1)

@@ -73,19 +73,52 @@ def test_one_gpu_caches_kv_in_fp32_and_sizes_its_calls_with_4_bytes_per_value(cf
     assert sizes["kv_gb"] * 1e9 == pytest.approx(2 * 64 * 256, abs=1e-3)   # within the budget
 
 
-def test_the_fast_path_holds_a_bf16_copy_and_samples_with_a_bf16_cache_in_calls_of_one_size(cfg):
+def test_the_fast_path_holds_a_bf16_copy_and_its_cache_and_samples_in_calls_of_one_size(cfg):
     per_token = 2 * LAYERS * KV_HEADS * HEAD_DIM * 2                 # the copy's dtype: 2 bytes per value
     cfg.rollout_kv_gb = 10.5 * per_token * 64 / 1e9                  # ten and a half rows of 64 tokens
     student, teacher = plan.read_shape("student", cfg.student), plan.read_shape("teacher", cfg.teacher)
     plain = phases(cfg)
-    cfg.rollouts = "auto"                                            # a plan is for GPUs: auto is the fast path
+    cfg.rollouts = "static"
     _, sizes = plan.estimate(cfg, student, teacher)
     assert sizes["kv_token"] == per_token and sizes["calls"] == 4 and sizes["rows"] == 8   # 32 rows: 4 x 8, not 10+10+10+2
-    fast = phases(cfg)
+    fast, cache = phases(cfg), 8 * 64 * per_token                    # one cache of 8 rows x 64 tokens, kept all step
     assert fast["weights + optimizer state"] * 1e9 == pytest.approx(plain["weights + optimizer state"] * 1e9
-                                                                    + 2 * student.params, abs=1)
-    for phase in ("teacher scoring", "update"):                      # the copy is there all step
-        assert fast[phase] * 1e9 == pytest.approx(plain[phase] * 1e9 + 2 * student.params, abs=1)
+                                                                    + 2 * student.params + cache, abs=1)
+    for phase in ("teacher scoring", "update"):                      # the copy and its cache are there all step
+        assert fast[phase] * 1e9 == pytest.approx(plain[phase] * 1e9 + 2 * student.params + cache, abs=1)
+
+
+def test_the_static_prefill_terms_are_the_sizes_of_the_tensors_transformers_creates(cfg, monkeypatch):
+    """A real prefill through sample.RolloutCopy at a small shape (fp32 on CPU, so a = 4): the cache's tensors,
+    the mask the attention receives and the K and V that reach SDPA are exactly plan.static_prefill's bytes."""
+    import random
+
+    import torch
+    import sample
+    import toy
+    rng = random.Random(0)
+    texts = [toy.make_problem(rng)["problem"] for _ in range(40)]
+    tok = toy.train_tokenizer(texts)
+    student = plan.read_shape("student", save_config(cfg.student, vocab_size=len(tok)))
+    model = AutoModelForCausalLM.from_config(student.config).eval()
+    rows, width = 3, 40
+    fast = sample.RolloutCopy(model, torch.float32, rows=rows, max_len=width)
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kw):
+        if attn_mask.shape[-2] > 1:                                  # the prefill, not a decoded token
+            seen.append((k.nbytes + v.nbytes, attn_mask.numel(), attn_mask.dtype, attn_mask.shape[-2]))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    prompts = [texts[0], texts[1] + " 1 2 3", texts[2]]              # padded: a mask is needed
+    sample.generate(None, tok, prompts, 1, stop=[tok.eos_token_id], temperature=0.0, top_p=1.0, top_k=0,
+                    max_new_tokens=4, static=fast)
+    prompt = seen[0][3]
+    terms = plan.static_prefill(student, rows, prompt, width, 4)
+    assert len(seen) == LAYERS and seen[0][2] == torch.bool
+    assert seen[0][0] == terms["kv_expanded"] > 0                    # K and V repeated to 4 query heads, whole width
+    assert seen[0][1] == terms["mask"] == rows * prompt * width      # the mask spans the cache, not the prompt
+    assert sum(layer.keys.nbytes + layer.values.nbytes for layer in fast.cache.layers) == terms["cache"]
 
 
 def test_weights_and_optimizer_state_divide_by_the_gpus(cfg):
