@@ -1,31 +1,38 @@
 """
-Measure a model on math benchmarks: sample n answers per problem, grade each with verify.grade,
-and report Avg@n and Pass@k per benchmark and their macro average, as in the paper's Table 1.
+Measure a model on math benchmarks: sample n answers per problem, grade each (verify.py, or Math-Verify
+as the authors' released evaluation does), and report Avg@n and Pass@k per benchmark and their macro
+average, as in the paper's Table 1.
 It also holds the measuring side of a training run, which scope.py calls: the quick eval, a step's
 numbers for metrics.jsonl, the run's curves (curves.png) and the experiment tracker.
 
   python eval.py --model runs/scope                           # the paper's six benchmarks and sampling
   python eval.py --model Qwen2.5-0.5B --benchmarks math500,gsm8k --n 4 --k 1,2,4 --limit 100
   python eval.py --model runs/scope --data my.jsonl --problem-field question --answer-field gold
+  python eval.py --model runs/scope --grader math-verify --pass-estimator bootstrap   # the paper's protocol
   torchrun --nproc_per_node=8 eval.py --model runs/scope --samples 32   # ranks split the problems
 
 Defaults are the paper's: 32 samples per problem at temperature 0.6, top-p 0.95, top-k 20, and the
 prompt of training (its suffix and chat template; the template's turn-closing token ends a response).
-Responses are graded in evaluation mode (verify.grade with fallback=True). A response never runs past
-the model's context: --max-new-tokens is capped per batch of prompts, and the cap is said once.
+Responses are graded in evaluation mode (verify.grade with fallback=True), or with --grader math-verify;
+either way only the text after the last </think> is graded, and a thought that never closes has no answer.
+A response never runs past the model's context: --max-new-tokens is capped per batch of prompts, and the
+cap is said once. A batch's rows are split into generate calls whose KV cache fits --kv-gb.
 Under torchrun, write --samples for --n: torchrun's own argument parser takes --n for an
 abbreviation of its options and stops.
 The output directory holds
   samples.jsonl   one line per (problem, sample): response, extracted answer, verdict
-  summary.json    per benchmark (and "average"): avg@n and pass@k, as fractions in [0, 1]
-  settings.json   what generated the samples; a rerun must match it
+  summary.json    per benchmark (and "average"): avg@n and pass@k, as fractions in [0, 1]; the grader
+  settings.json   what generated and graded the samples (sampling, grader, each data file's sha256 and
+                  fields, the model's weights); a rerun must match it
   pass_at_k_<benchmark>.png   Pass@k versus k (when matplotlib is installed)
 Rerunning with the same output directory resumes: finished problems are read back, not generated.
 
   python eval.py --plot-run runs/toy     # draw a training run's curves (curves.png) and exit
 """
 import argparse
+import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -33,6 +40,7 @@ import sys
 import time
 import zlib
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -40,9 +48,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from transformers.hf_argparser import string_to_bool
+from transformers.utils import cached_file
 
-from sample import (PROMPT_SUFFIX, all_sum, build_prompt, fail, generate, load_model, load_rows, quiet_libraries, resolve,
-                    setup_distributed, stop_ids)
+from sample import (PROMPT_SUFFIX, all_sum, build_prompt, fail, generate, kv_bytes_per_token, load_model, load_rows,
+                    quiet_libraries, resolve, rows_per_call, setup_distributed, stop_ids)
 from verify import extract_answer, grade
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -50,9 +59,12 @@ BENCHMARKS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc2
               "math500": "math500.jsonl", "minerva": "minerva.jsonl", "olympiadbench": "olympiadbench.jsonl",
               "gsm8k": "gsm8k_test.jsonl"}
 PAPER_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
-# Settings that change what is sampled or how it is graded: a resumed run must use the same.
+# The authors' released evaluation grades these on their last \boxed{} only (the others on the whole answer).
+LAST_BOX_BENCHMARKS = ("aime24", "aime25", "amc23", "minerva")
+# Settings that change what is sampled or how it is graded: a resumed run must use the same (check_settings
+# adds the model's weights and each benchmark's data).
 GENERATION_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
-                       "prompt_suffix", "chat_template", "strict", "dtype", "seed")
+                       "prompt_suffix", "chat_template", "grader", "strict", "dtype", "seed")
 
 
 # -----------------------------------------------------------------------------
@@ -87,11 +99,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prompt-suffix", default=PROMPT_SUFFIX, help="instruction after each problem (as training)")
     p.add_argument("--chat-template", default=True, metavar="true|false", type=string_to_bool,
                    help="wrap the prompt in the tokenizer's chat template when it has one (as training)")
+    p.add_argument("--grader", choices=("verify", "math-verify"), default="verify",
+                   help="verify: verify.py in evaluation mode; math-verify: as the authors' released evaluation, "
+                        "Math-Verify on the answer (on its last \\boxed{} for AIME, AMC, Minerva); needs "
+                        "pip install math-verify")
     p.add_argument("--strict", action="store_true",
-                   help="grade as training does (only a marked answer counts) instead of evaluation mode")
+                   help="grade as training does (only a marked answer counts) instead of evaluation mode (verify)")
     p.add_argument("--batch-size", type=int, default=8, help="problems sampled together (and saved together)")
-    p.add_argument("--max-batch-rows", type=int, default=256,
-                   help="at most this many sequences per generate call: a batch's rows are split beyond it")
+    p.add_argument("--kv-gb", type=float, default=40.0,
+                   help="KV-cache budget of one generate call, GB: a batch's rows are split into calls that fit it, "
+                        "sized from the model's config as the trainer's rollout_kv_gb (default: fits one 80 GB GPU "
+                        "with each shipped config's student at 32,768 new tokens)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="GPU dtype (CPU: float32)")
     p.add_argument("--seed", type=int, default=0, help="seeds each batch's sampling")
     p.add_argument("--output-dir", default="", help="default: runs/eval/<model name>")
@@ -106,9 +124,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in args.benchmarks:
         if name not in BENCHMARKS:
             p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
-    for name in ("n", "max_new_tokens", "batch_size", "max_batch_rows"):
+    for name in ("n", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.kv_gb <= 0:
+        p.error("--kv-gb must be > 0")
+    if args.grader == "math-verify" and args.strict:
+        p.error("--strict is verify.py's training mode; it does not apply to --grader math-verify")
+    if args.grader == "math-verify" and importlib.util.find_spec("math_verify") is None:
+        p.error("--grader math-verify needs the Math-Verify package: pip install math-verify")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.limit < 0 \
             or args.repetition_penalty <= 0:
         p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --limit >= 0, --repetition-penalty > 0")
@@ -126,33 +150,68 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # -----------------------------------------------------------------------------
 # Data
 
-def load_benchmarks(args) -> dict[str, list[dict]]:
-    """{name: rows} for the named benchmarks (shipped in data/) and the --data files, cut to --limit."""
+def benchmark_sources(args) -> dict[str, tuple[str, str, str]]:
+    """{name: (file or hub dataset, problem field, answer field)} for the named benchmarks (shipped in data/)
+    and the --data files."""
     sources = {name: (str(DATA_DIR / BENCHMARKS[name]), "problem", "answer") for name in args.benchmarks}
     for path in args.data:
         name = Path(path).stem
         if name in sources:
             sys.exit(f"eval.py: error: --data {path}: the name {name!r} is already taken; rename the file")
         sources[name] = (path, args.problem_field, args.answer_field)
+    return sources
+
+
+def load_benchmarks(args) -> dict[str, list[dict]]:
+    """{name: rows} for the named benchmarks and the --data files, cut to --limit."""
     # "test" is the split read when a --data source is a hub dataset name rather than a file.
     return {name: load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
-            for name, (path, problem, answer) in sources.items()}
+            for name, (path, problem, answer) in benchmark_sources(args).items()}
 
 
 # -----------------------------------------------------------------------------
 # Generation and grading
 
+def grader(name: str, benchmark: str = "", strict: bool = False):
+    """judge(response, gold) -> {"extracted": the answer it graded or None, "correct": verdict}, for one
+    benchmark's responses.
+
+    verify: verify.py, in evaluation mode (an answer given in prose counts) or, `strict`, as training's reward.
+    math-verify: as the authors' released evaluation grades: Math-Verify's verify(parse("$gold$"), parse(answer)),
+    where the answer is the text after the thinking, or, on AIME, AMC and Minerva, the last \\boxed{} of it
+    (none: wrong). Both grade nothing of a response whose <think> never closes.
+    """
+    if name == "verify":
+        return lambda response, gold: {"extracted": extract_answer(response, not strict),
+                                       "correct": grade(response, gold, not strict)}
+    from math_verify import parse, verify  # parse_args checked that it is installed
+
+    gold_of = lru_cache(maxsize=256)(lambda gold: parse("$" + gold + "$"))  # n samples share one gold
+
+    def judge(response: str, gold: str) -> dict:
+        if "<think>" in response and "</think>" not in response:  # verify.extract_answer's rule: a thought
+            return {"extracted": None, "correct": False}          # still open has no answer,
+        text = response.rpartition("</think>")[2]                 # and only what follows the thinking counts
+        if benchmark in LAST_BOX_BENCHMARKS:  # the last box as verify.py reads it (extract_answer's first choice)
+            box = extract_answer(response) if "\\boxed" in text or "\\fbox" in text else None
+            text = "\\boxed{" + box + "}" if box else ""
+        found = parse(text) if text else []  # [sympy value, the string it read], or [] when nothing parses
+        return {"extracted": str(found[-1]) if found else None,
+                "correct": bool(found) and verify(gold_of(gold), found)}
+    return judge
+
+
 def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, n: int, stop: list[int],
                      temperature: float, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-                     max_new_tokens: int, max_rows: int = 0, fallback: bool = True,
-                     synced: bool = False, static=None) -> list[list[dict]]:
-    """For each prompt, n samples as {response, extracted, correct, truncated}; at most max_rows per generate call
-    (`static`: the trainer's fast path, sample.RolloutCopy)."""
+                     max_new_tokens: int, judge, max_rows: int = 0, synced: bool = False,
+                     static=None) -> list[list[dict]]:
+    """For each prompt, n samples as {response, extracted, correct, truncated}, graded by judge(response, gold)
+    (`grader`); at most max_rows per generate call (`static`: the trainer's fast path, sample.RolloutCopy)."""
     ro = generate(model, tokenizer, prompts, n, stop=stop, temperature=temperature, top_p=top_p, top_k=top_k,
                   repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, max_rows=max_rows,
                   synced=synced, static=static)
-    return [[{"response": t, "extracted": extract_answer(t, fallback), "correct": grade(t, gold, fallback),
-              "truncated": c} for t, c in zip(ro.texts[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
+    return [[{"response": t, **judge(t, gold), "truncated": c}
+             for t, c in zip(ro.texts[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
             for i, gold in enumerate(golds)]                          # rows i*n .. i*n+n-1 answer prompt i
 
 
@@ -192,19 +251,69 @@ def open_for_append(path: Path):
     return open(path, "a", encoding="utf-8")
 
 
+def sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read 16 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_weights(name: str) -> dict:
+    """What identifies a model's weights. A local directory: the sha256 of its config.json and of each weight file
+    (a second or two per GB, small beside an evaluation). A hub name: the name and the revision (commit) that
+    loading it resolves to, from the local cache when offline."""
+    path = resolve(name)
+    if Path(path).is_dir():
+        files = sorted(f for f in Path(path).iterdir()
+                       if f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+        return {f.name: sha256(f) for f in files}
+    try:
+        config = cached_file(path, "config.json")  # the file from_pretrained reads, in snapshots/<revision>/
+    except OSError as e:
+        fail(f"model {name!r} (as {path!r}) is not a local directory and could not be found on the Hugging Face "
+             f"Hub or in its cache: {e}")
+    return {"hub": path, "revision": Path(config).parent.name}
+
+
+def data_settings(args) -> dict:
+    """Per benchmark, what decides its problems and golds: the sha256 of its file (a hub dataset: its name), the
+    fields read, and whether bad rows are skipped (which renumbers the problems)."""
+    out = {}
+    for name, (source, problem, answer) in benchmark_sources(args).items():
+        content = {"sha256": sha256(Path(source))} if Path(source).is_file() else {"hub_dataset": source}
+        out[name] = {**content, "problem_field": problem, "answer_field": answer, "skip_bad_rows": args.skip_bad_rows}
+    return out
+
+
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """Nested settings by their full names: {"data.aime24.answer_field": "answer", ...}."""
+    out = {}
+    for k, v in settings.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def check_settings(args, rank: int):
-    """Refuse an output directory whose samples were made differently; record the settings on a first run."""
-    settings = {name: getattr(args, name) for name in GENERATION_SETTINGS}
+    """Refuse an output directory whose samples were made or graded differently: sampling, grader, the model's
+    weights, a benchmark's data or fields. Record the settings on a first run, and a benchmark a later run adds."""
+    settings = {**{name: getattr(args, name) for name in GENERATION_SETTINGS},
+                "model_weights": model_weights(args.model), "data": data_settings(args)}
     path = args.output_dir / "settings.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved:
+        common = saved.get("data", {}).keys() & settings["data"].keys()  # a benchmark new here has no samples yet
+        before = flatten({**saved, "data": {k: saved["data"][k] for k in common}})
+        after = flatten({**settings, "data": {k: settings["data"][k] for k in common}})
+        changed = [f"{k}: {before.get(k)!r} there, {after.get(k)!r} now" for k in sorted(before.keys() | after.keys())
+                   if before.get(k) != after.get(k)]
         if changed:
             sys.exit(f"eval.py: error: {args.output_dir} holds samples made with other settings "
                      f"({'; '.join(changed)}); pass another --output-dir")
-    elif rank == 0:
+    if rank == 0 and (not saved or settings["data"].keys() - saved.get("data", {}).keys()):
         tmp = path.with_suffix(".tmp")  # written whole then renamed, so other ranks never read half of it
-        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.write_text(json.dumps({**settings, "data": {**saved.get("data", {}), **settings["data"]}}, indent=1))
         os.replace(tmp, path)
 
 
@@ -221,6 +330,7 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
     model.eval()
     stop = stop_ids(model, tokenizer, args.chat_template)
     context = model.config.get_text_config().max_position_embeddings
+    kv_token = kv_bytes_per_token(model.config, dtype.itemsize)  # no autocast here: the cache holds `dtype`
     said = False
     done = read_samples(args.output_dir)
     unfinished = {name: {i for i in range(rank, len(rows), world) if len(done.get((name, i), ())) < args.n}
@@ -231,6 +341,7 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
     with open_for_append(args.output_dir / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")) as f:
         for name, rows in benchmarks.items():
             bar.set_description(name)
+            judge = grader(args.grader, name, args.strict)
             share = list(range(rank, len(rows), world))
             for b in range(0, len(share), args.batch_size):
                 batch = share[b:b + args.batch_size]
@@ -249,8 +360,8 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
                 results = sample_and_grade(model, tokenizer, prompts, [rows[i]["answer"] for i in todo], n=args.n,
                                            stop=stop, temperature=args.temperature, top_p=args.top_p,
                                            top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                                           max_new_tokens=max_new, max_rows=args.max_batch_rows,
-                                           fallback=not args.strict)
+                                           max_new_tokens=max_new, judge=judge,
+                                           max_rows=rows_per_call(args.kv_gb, kv_token, longest + max_new))
                 lines = [{"benchmark": name, "index": i, "sample": j, "answer": rows[i]["answer"], **s}
                          for i, samples in zip(todo, results) for j, s in enumerate(samples)]
                 f.write("".join(json.dumps(line) + "\n" for line in lines))
@@ -382,18 +493,50 @@ def held_out_accuracy(model, tokenizer, rows: list[dict], *, n: int, rank: int, 
     the trainer's quick eval, graded strictly as its training reward is."""
     mine = rows[rank::world]
     results = sample_and_grade(model, tokenizer, [r["prompt"] for r in mine], [r["answer"] for r in mine], n=n,
-                               fallback=False, **sampling)
+                               judge=grader("verify", strict=True), **sampling)
     return all_sum(sum(s["correct"] for samples in results for s in samples), world) / (len(rows) * n)
 
 
-def gather_rollouts(infos: list[dict], ro, correct, group, world: int, unreliable: list | None = None) -> dict:
+LABELS = ("teacher_unreliable", "unlikely_route")  # what a `rollout_labels` labeller says of each rollout
+
+
+def rollout_labeller(spec: str):
+    """label(rows, texts) -> {name: (N,) bool} for each name in LABELS, text i answering rows[i // G], from the
+    labeller 'module:function' of the `rollout_labels` field, imported here once; {} for every step when spec is ''."""
+    if not spec:
+        return lambda rows, texts: {}
+    module, _, name = spec.partition(":")
+    try:
+        labeller = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        fail(f"field 'rollout_labels' is {spec!r}, which cannot be imported ({type(e).__name__}: {e}); "
+             f"expected 'module:function'")
+    if not callable(labeller):
+        fail(f"field 'rollout_labels' is {spec!r}, which is not a function")
+
+    def label(rows: list[dict], texts: list[str]) -> dict[str, torch.Tensor]:
+        per_row, found = len(texts) // len(rows), []
+        for i, text in enumerate(texts):
+            row = rows[i // per_row]
+            try:
+                labels = labeller(row, text)
+            except Exception as e:  # the user's function: name it, and the problem it failed on
+                fail(f"field 'rollout_labels': {spec} failed on problem {row.get('problem')!r} "
+                     f"({type(e).__name__}: {e})")
+            if not isinstance(labels, dict) or any(not isinstance(labels.get(k), bool) for k in LABELS):
+                fail(f"field 'rollout_labels': {spec} returned {labels!r} for problem {row.get('problem')!r}; "
+                     f"expected {{'teacher_unreliable': bool, 'unlikely_route': bool}}")
+            found.append(labels)
+        return {k: torch.tensor([labels[k] for labels in found]) for k in LABELS}
+    return label
+
+
+def gather_rollouts(infos: list[dict], ro, correct, group, world: int, labels: dict[str, torch.Tensor]) -> dict:
     """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation,
-    and whether the teacher is known to be unreliable on its problem (one flag per problem; None: unknown)."""
+    and the rollout labeller's labels (`rollout_labeller`; none without one)."""
     roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
             for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
-    if unreliable and None not in unreliable:
-        roll["unreliable"] = torch.tensor(unreliable).repeat_interleave(len(correct) // len(unreliable))
-    roll.update(correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
+    roll.update(labels, correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
                 loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
                 loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
     if world > 1:
@@ -408,8 +551,12 @@ def step_metrics(roll: dict, group_size: int) -> dict:
 
     Per path, over the prompts' subsets of more than one rollout: the weights' normalised entropy and
     effective sample size, (sum w)^2 / sum w^2 / n, both 1 when uniform (the ESS is 1/n when one
-    rollout takes all). w_opd_unreliable: the share of the reverse-KL path's weight on rollouts whose
-    teacher is known to be unreliable, beside opd_unreliable, their share of its rollouts.
+    rollout takes all). With rollout labels, where the weights fall inside a prompt: over the prompts whose
+    reverse-KL subset holds both teacher-unreliable rollouts and others, the unreliable ones' share of the
+    subset's weight (opd_unreliable_weight) beside their share of its rollouts (opd_unreliable_count), each
+    averaged over those prompts (opd_unreliable_prompts of them); the same for the unlikely route among a
+    prompt's correct rollouts on the MLE path (mle_unlikely_*). A weight that ignores the label keeps the two
+    shares equal.
     """
     per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
     loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
@@ -423,9 +570,10 @@ def step_metrics(roll: dict, group_size: int) -> dict:
            "ppl_student": roll["nll_student"].exp().mean().item(),
            "ppl_teacher": roll["nll_teacher"].exp().mean().item()}
     group, weight = roll["group"], roll["weight"]
-    for path, member in (("mle", roll["mle"]), ("opd", ~roll["mle"])):
-        subsets = [weight[member & (group == g)] for g in group[member].unique()]
-        subsets = [w / w.sum() for w in subsets if len(w) > 1]       # each sums to 1
+    for path, member, label, name in (("mle", roll["mle"], "unlikely_route", "unlikely"),
+                                      ("opd", ~roll["mle"], "teacher_unreliable", "unreliable")):
+        prompts = [member & (group == g) for g in group[member].unique()]   # (N,) bool: one prompt's subset
+        subsets = [weight[m] / weight[m].sum() for m in prompts if m.sum() > 1]       # each sums to 1
         entropy = [(-(p * p.clamp(min=1e-30).log()).sum() / math.log(len(p))).item() for p in subsets]
         ess = [(1 / (p * p).sum() / len(p)).item() for p in subsets]
         w = weight[member]
@@ -433,11 +581,24 @@ def step_metrics(roll: dict, group_size: int) -> dict:
         out[f"w_{path}_max"] = w.max().item() if len(w) else None
         out[f"w_{path}_entropy"] = sum(entropy) / len(entropy) if entropy else None
         out[f"ess_{path}"] = sum(ess) / len(ess) if ess else None
-    if "unreliable" in roll:
-        opd, flagged = ~roll["mle"], roll["unreliable"]
-        out["opd_unreliable"] = (flagged[opd].float().mean().item()) if opd.any() else None
-        out["w_opd_unreliable"] = (weight[opd & flagged].sum() / weight[opd].sum()).item() if opd.any() else None
+        if label in roll:
+            mixed = [m for m in prompts if roll[label][m].any() and not roll[label][m].all()]
+            weights = [(weight[m & roll[label]].sum() / weight[m].sum()).item() for m in mixed]
+            counts = [roll[label][m].float().mean().item() for m in mixed]
+            out[f"{path}_{name}_weight"] = sum(weights) / len(mixed) if mixed else None
+            out[f"{path}_{name}_count"] = sum(counts) / len(mixed) if mixed else None
+            out[f"{path}_{name}_prompts"] = len(mixed)
     return out
+
+
+def sampler_gap(infos: list[dict], batches: list, sampler_logp, resp, world: int) -> dict:
+    """How far the sampling policy (the fast path's copy) is from the one being trained, on the step's sampled
+    tokens (every rank): the mean per-token log-ratio log pi_student - log pi_sampler, and its mean absolute value.
+    infos: `scope_loss` infos with the student's "logp" per micro-batch (rows, columns) of `batches`."""
+    gap = torch.cat([(i["logp"] - sampler_logp[r, c])[resp[r, c]] for i, (r, c) in zip(infos, batches)])
+    n = max(all_sum(gap.numel(), world), 1)
+    return {"sampler_logratio": all_sum(gap.sum().item(), world) / n,
+            "sampler_abs_logratio": all_sum(gap.abs().sum().item(), world) / n}
 
 
 def append_eval(run_dir: Path, step: int, accuracy: float, what: str):
@@ -560,7 +721,8 @@ def main(argv: list[str]) -> dict | None:
         done = read_samples(args.output_dir)
         per_benchmark = {name: counts(done, name, len(rows), args.n) for name, rows in benchmarks.items()}
         summary = summarize(per_benchmark, args.n, args.k, args.pass_estimator)
-        (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        (args.output_dir / "summary.json").write_text(
+            json.dumps({"grader": args.grader, "pass_estimator": args.pass_estimator, **summary}, indent=1))
         print(table(summary, args.pass_estimator))
         plot(per_benchmark, args.n, args.pass_estimator, args.output_dir)
         print(f"results in {args.output_dir}")

@@ -1,17 +1,22 @@
-"""eval.py: the Pass@k estimators, and end to end runs on a tiny model: summary, resume, torchrun."""
+"""eval.py: the Pass@k estimators, the graders, and end to end runs on a tiny model: summary, resume (refused when
+anything that decides a verdict changed), generate calls within the KV budget, torchrun."""
 import itertools
 import json
 import operator
 import os
+import re
+import shutil
 import subprocess
 import sys
 
+import math_verify
 import pytest
 import torch
+from transformers import Qwen2ForCausalLM
 
 import eval as evaluation
 from conftest import ROOT, next_token_model
-from sample import load_model
+from sample import PROMPT_SUFFIX, build_prompt, load_model
 from verify import extract_answer, grade
 
 GOLDS = ["7", "8", "7", "7", "8"]
@@ -33,11 +38,16 @@ def coin(tmp_path_factory, tokenizer):
     return path
 
 
+def write_bench(path, golds=GOLDS):
+    """Problems "i+gold" with their gold, and a `solution` field that no response can match."""
+    path.write_text("".join(json.dumps({"problem": f"{i}+{g}", "answer": g, "solution": "see the book"}) + "\n"
+                            for i, g in enumerate(golds)))
+    return path
+
+
 @pytest.fixture
 def bench(tmp_path):
-    path = tmp_path / "tiny.jsonl"
-    path.write_text("".join(json.dumps({"problem": f"{i}+{g}", "answer": g}) + "\n" for i, g in enumerate(GOLDS)))
-    return path
+    return write_bench(tmp_path / "tiny.jsonl")
 
 
 def eval_args(model, data, out, *extra) -> list[str]:
@@ -164,7 +174,7 @@ def test_rows_are_split_into_generate_calls_of_bounded_size_in_sample_order(coin
     model.generate = recording
     results = evaluation.sample_and_grade(model, tokenizer, ["1+6", "2+6", "3+5"], ["7", "8", "8"], n=5,
                                           stop=[tokenizer.eos_token_id], temperature=1.0, max_new_tokens=4,
-                                          max_rows=4)
+                                          judge=evaluation.grader("verify"), max_rows=4)
     assert rows == [4, 4, 4, 3]                               # 15 rows, at most 4 per call
     assert [len(r) for r in results] == [5, 5, 5]
     assert all(s["correct"] == (s["response"] == gold) for r, gold in zip(results, ["7", "8", "8"]) for s in r)
@@ -173,7 +183,8 @@ def test_rows_are_split_into_generate_calls_of_bounded_size_in_sample_order(coin
 def test_greedy_samples_are_graded_against_each_problems_own_gold(coin):
     model, tokenizer = load_model(str(coin), torch.float32, torch.device("cpu"))
     results = evaluation.sample_and_grade(model, tokenizer, ["3+4", "4+4", "5+2"], ["7", "8", "7"], n=2,
-                                          stop=[tokenizer.eos_token_id], temperature=0.0, max_new_tokens=4)
+                                          stop=[tokenizer.eos_token_id], temperature=0.0, max_new_tokens=4,
+                                          judge=evaluation.grader("verify"))
     assert [[s["correct"] for s in r] for r in results] == [[True, True], [False, False], [True, True]]  # always 7
 
 
@@ -188,7 +199,8 @@ def test_torchrun_ranks_merge_into_the_single_process_summary(coin, bench, tmp_p
                            "eval.py", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "summary.json").read_text()) == single
+    written = json.loads((out / "summary.json").read_text())
+    assert written == {"grader": "verify", "pass_estimator": "unbiased", **single}
     assert not list(out.glob("samples.rank*.jsonl"))          # folded into samples.jsonl
     assert len(sample_lines(out)) == 5 * 6
 
@@ -202,3 +214,137 @@ def test_max_new_tokens_is_capped_by_the_models_context_and_said_once(coin, benc
     assert summary["average"]["problems"] == len(GOLDS)
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert settings["repetition_penalty"] == 1.08 and settings["max_new_tokens"] == 100000
+
+
+# -----------------------------------------------------------------------------
+# Graders
+
+def test_math_verify_grades_as_the_authors_evaluation_does():
+    whole, last_box = evaluation.grader("math-verify", "math500"), evaluation.grader("math-verify", "aime24")
+    assert whole("so the answer is \\boxed{\\frac{1}{2}}", "0.5") == {"extracted": "\\frac{1}{2}", "correct": True}
+    assert whole("\\boxed{\\frac{1}{3}}", "0.5")["correct"] is False
+    assert whole("The answer is 0.5", "\\frac12")["correct"] is True          # no box needed on MATH500
+    assert last_box("The answer is 12", "12") == {"extracted": None, "correct": False}  # AIME: the box or nothing
+    assert last_box("first \\boxed{5}, then \\boxed{12}", "12")["correct"] is True      # the last box
+    assert last_box("first \\boxed{12}, then \\boxed{5}", "12")["correct"] is False
+
+
+@pytest.mark.parametrize("name", ["verify", "math-verify"])
+def test_either_grader_grades_only_what_follows_a_finished_thought(name):
+    judge = evaluation.grader(name, "aime24")
+    cut = "<think>\nfirst guess \\boxed{2}? Wait, let me re-check"              # stopped mid-thought
+    assert judge(cut, "2") == {"extracted": None, "correct": False}
+    closed = "<think>\nmaybe \\boxed{3}\n</think>\nSo \\boxed{2}."
+    assert judge(closed, "2")["correct"] is True and judge(closed, "3")["correct"] is False
+
+
+def test_math_verify_missing_or_with_strict_is_refused_with_what_to_do(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--model", "m", "--grader", "math-verify", "--strict"])
+    assert "--strict is verify.py's training mode" in capsys.readouterr().err
+    real = evaluation.importlib.util.find_spec
+    monkeypatch.setattr(evaluation.importlib.util, "find_spec",
+                        lambda name: None if name == "math_verify" else real(name))   # as if not installed
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--model", "m", "--grader", "math-verify"])
+    assert "pip install math-verify" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["verify", "math-verify"])
+def test_the_chosen_grader_is_the_one_called_and_is_recorded(coin, bench, tmp_path, monkeypatch, name):
+    calls = {"verify": 0, "math-verify": 0}
+
+    def counted(which, real):
+        def call(*a, **kw):
+            calls[which] += 1
+            return real(*a, **kw)
+        return call
+
+    monkeypatch.setattr(evaluation, "grade", counted("verify", evaluation.grade))
+    monkeypatch.setattr(math_verify, "verify", counted("math-verify", math_verify.verify))
+    out = tmp_path / "out"
+    summary = evaluation.main(eval_args(coin, bench, out, "--grader", name))
+    assert calls == {"verify": 0, "math-verify": 0, name: 5 * 6}              # one call per sample, this grader's
+    assert json.loads((out / "summary.json").read_text())["grader"] == name
+    assert json.loads((out / "settings.json").read_text())["grader"] == name
+    lines = sample_lines(out)
+    assert summary["tiny"]["avg@6"] == pytest.approx(sum(r["correct"] for r in lines) / 30)
+    assert all(r["correct"] == (r["response"] == r["answer"]) for r in lines)   # bare digits: both graders agree
+
+
+# -----------------------------------------------------------------------------
+# A resume must grade what the directory's samples were graded on
+
+def test_rerunning_a_finished_directory_with_another_answer_field_is_refused(coin, bench, tmp_path):
+    """The samples hold verdicts against the old field: reading them back reported 63% where the new field
+    gives 0%. A fresh directory grades against the new field."""
+    assert evaluation.main(eval_args(coin, bench, tmp_path / "out"))["tiny"]["avg@6"] > 0.5
+    with pytest.raises(SystemExit, match="data.tiny.answer_field: 'answer' there, 'solution' now"):
+        evaluation.main(eval_args(coin, bench, tmp_path / "out", "--answer-field", "solution"))
+    fresh = evaluation.main(eval_args(coin, bench, tmp_path / "fresh", "--answer-field", "solution"))
+    assert fresh["tiny"]["avg@6"] == 0.0
+
+
+@pytest.mark.parametrize("change", ["grader", "data content", "model weights"])
+def test_a_resume_that_changes_what_decides_a_verdict_is_refused_by_name(coin, bench, tmp_path, change):
+    model = shutil.copytree(coin, tmp_path / "model")                          # ours to change
+    out = tmp_path / "out"
+    evaluation.main(eval_args(model, bench, out, "--limit", "1"))
+    extra = []
+    if change == "grader":
+        expected = "grader: 'verify' there, 'math-verify' now"
+        extra = ["--grader", "math-verify"]
+    elif change == "data content":
+        before = evaluation.sha256(bench)
+        write_bench(bench, ["7", "8", "7", "7", "9"])                           # one gold changed
+        expected = f"data.tiny.sha256: '{before}' there, '{evaluation.sha256(bench)}' now"
+    else:
+        before = evaluation.sha256(model / "model.safetensors")
+        weights, _ = load_model(str(model), torch.float32, torch.device("cpu"))
+        with torch.no_grad():
+            weights.lm_head.weight.mul_(2)
+        weights.save_pretrained(model)
+        expected = (f"model_weights.model.safetensors: '{before}' there, "
+                    f"'{evaluation.sha256(model / 'model.safetensors')}' now")
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        evaluation.main(eval_args(model, bench, out, "--limit", "1", *extra))
+
+
+def test_a_resume_may_add_a_benchmark_and_records_it(coin, bench, tmp_path):
+    out = tmp_path / "out"
+    evaluation.main(eval_args(coin, bench, out, "--limit", "1"))
+    other = write_bench(tmp_path / "other.jsonl", ["8"])
+    summary = evaluation.main([*eval_args(coin, bench, out, "--limit", "1"), "--data", str(other)])
+    assert list(summary) == ["tiny", "other", "average"]
+    data = json.loads((out / "settings.json").read_text())["data"]
+    assert data["other"] == {"sha256": evaluation.sha256(other), "problem_field": "problem",
+                             "answer_field": "answer", "skip_bad_rows": False}
+    assert data["tiny"]["sha256"] == evaluation.sha256(bench)
+
+
+def test_a_hub_model_is_identified_by_the_revision_it_resolves_to(monkeypatch):
+    snapshot = "/cache/models--Qwen--Qwen2.5-0.5B/snapshots/060db6499f32faf8b98477b0a26969ef7d8b9987/config.json"
+    monkeypatch.setattr(evaluation, "cached_file", lambda repo, name: snapshot if repo == "Qwen/Qwen2.5-0.5B" else None)
+    assert evaluation.model_weights("Qwen2.5-0.5B") == {"hub": "Qwen/Qwen2.5-0.5B",
+                                                        "revision": "060db6499f32faf8b98477b0a26969ef7d8b9987"}
+
+
+# -----------------------------------------------------------------------------
+# Generate calls within the KV-cache budget
+
+def test_a_batch_is_split_into_generate_calls_whose_kv_cache_fits_the_budget(coin, bench, tmp_path, tokenizer,
+                                                                            monkeypatch):
+    # The tiny model's config: 3 layers x 2 KV heads x 32 dims x (K and V) x 4 bytes (fp32 on CPU) = 1,536 bytes
+    # per token. A row holds its prompt (12 tokens) and 4 new ones: 24,576 bytes. 125,000 bytes fit 5 rows, not 6.
+    assert len(tokenizer(build_prompt(tokenizer, "0+7", PROMPT_SUFFIX, True)).input_ids) == 12
+    real, rows = Qwen2ForCausalLM.generate, []
+
+    def recording(self, **kw):
+        rows.append(kw["input_ids"].shape[0])
+        return real(self, **kw)
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "generate", recording)
+    summary = evaluation.main(eval_args(coin, bench, tmp_path / "out", "--kv-gb", "0.000125"))
+    assert rows == [5, 5, 2, 5, 5, 2, 5, 1]          # batches of 2, 2 and 1 problems x 6 samples
+    assert all(r * 16 * 1_536 <= 125_000 for r in rows)
+    assert summary["average"]["problems"] == 5
