@@ -656,10 +656,11 @@ def plot_run(run_dir: Path) -> Path | None:
 
 
 def open_run_logs(run_dir: Path, config: dict, report_to: str, start: int):
-    """Prepare a training run's directory (config.json; logs cut back to step `start`, where a resumed run
+    """Prepare a training run's directory (run_config.json; logs cut back to step `start`, where a resumed run
     continues); returns the function that records one step in metrics.jsonl and the tracker."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    # not config.json: the trained student is saved into this directory at the end, with its own config.json
+    (run_dir / "run_config.json").write_text(json.dumps(config, indent=1))
     for name in ("metrics.jsonl", "eval.jsonl"):  # lines after `start`, and a line a kill tore, are dropped
         path = run_dir / name
         if path.exists():

@@ -16,7 +16,7 @@ tokens in one forward pass.
 
 Run:
   python scope.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B          # one GPU
-  python toy.py && python scope.py --config configs/toy.yaml           # offline CPU demo, minutes
+  python scope.py --config configs/toy.yaml                            # offline CPU demo (builds its world once)
   python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --gpus 8 --plan   # memory per GPU
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
 """
@@ -40,7 +40,9 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import plan
-from eval import append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, step_metrics
+import toy
+from eval import (append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, rollout_labeller,
+                  sampler_gap, step_metrics)
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
                     fsync, generate, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows, load_state,
                     micro_batches, quiet_libraries, rollout_copy, rows_per_call, sampling_with, save_model, save_state,
@@ -72,8 +74,9 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
     mask:         (N, T) bool, response tokens
     correct:      (N,) bool, verifier's verdict
     group:        (N,) int, which prompt each rollout answers (every rollout of a prompt is here)
-    norm:         what the summed loss is divided by: all response tokens of the step (token_mean),
-                  or its number of prompts (sum); over all micro-batches and ranks
+    norm:         what the summed loss is divided by (`loss_norms`): the step's response tokens over all
+                  micro-batches and ranks (token_mean), its prompts (sum), or this micro-batch's tokens over
+                  its share of the step's rollouts (micro_token_mean)
     norm_mle:     the MLE path's own divisor, when it differs (released code: the correct rollouts' tokens)
     Returns the loss and a dict of detached numbers worth logging.
     """
@@ -120,8 +123,11 @@ class Config:
     skip_bad_rows: bool = arg(False, "skip (and count) rows with a missing, empty or non-string problem or answer")
     prompt_suffix: str = arg(PROMPT_SUFFIX, "instruction appended to every problem (paper: this sentence)")
     chat_template: bool = arg(True, "use the tokenizer's chat template if any; its turn end also ends a rollout")
-    unreliable_field: str = arg("", "boolean field marking problems the teacher is known to get wrong (a toy world's); "
-                                    "metrics.jsonl then logs the reverse-KL weight they receive")
+    rollout_labels: str = arg("", "a labeller 'module:function' called with (problem row, response text) returning "
+                                  "{'teacher_unreliable': bool, 'unlikely_route': bool} (a toy world's); metrics.jsonl "
+                                  "then logs where the weights fall within prompts")
+    build_world: str = arg("", "a toy world (a name in toy.WORLDS, e.g. demo) to build into the student's parent "
+                               "directory first when the student directory is missing; '' = never")
     # --- SCOPE
     group_size: int = arg(8, "G: rollouts sampled per problem (paper: 8)")
     tau: float = arg(1.0, "temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)")
@@ -131,10 +137,13 @@ class Config:
     teacher_weight: Literal["ppl", "uniform", "reversed"] = arg("ppl", "weights of wrong rollouts: Eq. 5, "
                                                                        "uniform, or reversed")
     weight_scale: Literal["mean", "sum"] = arg("mean", "each subset's weights average 1, or sum to 1 (paper)")
-    loss_agg: Literal["token_mean", "sum"] = arg("token_mean", "mean over the step's response tokens, or token "
-                                                               "sums per rollout averaged over prompts (paper)")
-    mle_tokens: Literal["all", "correct"] = arg("all", "token_mean's divisor for the MLE path: every response token, "
-                                                       "or those of correct rollouts only (released code)")
+    loss_agg: Literal["token_mean", "sum", "micro_token_mean"] = arg(
+        "token_mean", "token_mean: one mean over the step's response tokens (all micro-batches and ranks); sum: token "
+                      "sums per rollout averaged over prompts (paper); micro_token_mean: each micro-batch's own token "
+                      "means, weighted by its share of the step's rollouts (released code; token_mean when the step "
+                      "is one micro-batch)")
+    mle_tokens: Literal["all", "correct"] = arg("all", "the token means' divisor for the MLE path: every response "
+                                                       "token, or those of correct rollouts only (released code)")
     teacher_temperature: float = arg(0.0, "temperature of the teacher's log-probs; 0 = the rollout temperature "
                                           "(released code: 1)")
     # --- rollouts
@@ -145,8 +154,9 @@ class Config:
     max_prompt_tokens: int = arg(1024, "problems whose prompt is longer are dropped at load time (counted)")
     max_new_tokens: int = arg(2048, "longest response; one without a stop token by then is graded as it stands")
     rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB (rows per call follow from it)")
-    rollouts: Literal["auto", "static", "plain"] = arg("auto", "static: sample with sample.RolloutCopy; plain: "
-                                                               "with the student; auto: static on GPU only")
+    rollouts: Literal["plain", "static"] = arg("plain", "plain: sample with the student itself; static: with "
+                                                        "sample.RolloutCopy (a bf16 copy, one static KV cache, compiled "
+                                                        "decoding on GPU), opt-in until bench/gpu_check.py has measured it")
     # --- optimisation
     max_steps: int = arg(200, "optimizer steps")
     lr: float = arg(5e-5, "AdamW learning rate, constant (paper: 5e-5)")
@@ -219,17 +229,17 @@ def parse_config(argv: list[str]) -> Config:
 # One training step's update: gradients over micro-batches, one optimizer step
 
 def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
-                         norms: tuple[float, float], world: int) -> list[dict]:
+                         norms: list[tuple[float, float | None]], world: int) -> list[dict]:
     """Backward of `scope_loss` over micro-batches of whole groups; returns each micro-batch's info.
-    norms: (norm, norm_mle) of `scope_loss`, over the whole step."""
+    norms: each micro-batch's (norm, norm_mle) of `scope_loss`, from `loss_norms`."""
     infos = []
-    for r, c in batches:
+    for (r, c), (norm, norm_mle) in zip(batches, norms, strict=True):
         with amp:
             logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
                                   temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, *norms)
-        (loss * world).backward()  # the loss is a global mean already: undo FSDP's average over ranks
-        infos.append(info)
+        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm, norm_mle)
+        (loss * world).backward()  # the norms count the whole step already: undo FSDP's average over ranks
+        infos.append({**info, "logp": logp.detach()})
     return infos
 
 
@@ -246,13 +256,27 @@ def optimizer_step(student, optimizer, cfg: Config, fast=None) -> float:
     return norm
 
 
-def loss_norms(ro, correct, cfg: Config, world: int) -> tuple[float, float | None]:
-    """(norm, norm_mle) of `scope_loss` over the whole step (every rank): METHOD.md's aggregation choice."""
+def loss_norms(ro, correct, batches, cfg: Config, world: int) -> list[tuple[float, float | None]]:
+    """(norm, norm_mle) of `scope_loss` for each micro-batch: METHOD.md's aggregation choice.
+
+    token_mean and sum divide every micro-batch by one count of the whole step (every rank), so the step's loss
+    does not depend on how it is cut. micro_token_mean divides each micro-batch by its own token count over its
+    share of the step's rollouts: the released code's mean per micro-batch, scaled by its rows over the rank's,
+    then averaged over ranks by FSDP.
+    """
     if cfg.loss_agg == "sum":
-        return cfg.batch_size, None
+        return [(cfg.batch_size, None)] * len(batches)
     tokens = ro.resp.sum(1)                                                      # (N,) response tokens
-    norm_mle = max(all_sum((tokens * correct).sum().item(), world), 1) if cfg.mle_tokens == "correct" else None
-    return all_sum(tokens.sum().item(), world), norm_mle
+    mle_tokens = tokens * correct if cfg.mle_tokens == "correct" else None       # (N,) the MLE path's own count
+    if cfg.loss_agg == "token_mean":
+        norm_mle = None if mle_tokens is None else max(all_sum(mle_tokens.sum().item(), world), 1)
+        return [(all_sum(tokens.sum().item(), world), norm_mle)] * len(batches)
+    norms = []
+    for r, _ in batches:
+        share = len(tokens[r]) / (len(tokens) * world)  # every rank holds as many rollouts
+        norm_mle = None if mle_tokens is None else max(mle_tokens[r].sum().item(), 1) / share
+        norms.append((tokens[r].sum().item() / share, norm_mle))
+    return norms
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +292,7 @@ def main(argv: list[str]):
         fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(cfg, out_dir)
+    build_missing_world(cfg, world)
     check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
     compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
     student, teacher, tok, fast = load_models(cfg, device, compute, world)
@@ -280,6 +305,7 @@ def main(argv: list[str]):
                     max_new_tokens=cfg.max_new_tokens, synced=world > 1 and fast is None, static=fast,
                     max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
+    label = rollout_labeller(cfg.rollout_labels)  # per-rollout labels for metrics.jsonl (a toy world's)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
 
     def quick_eval(step: int) -> float:
@@ -322,22 +348,29 @@ def main(argv: list[str]):
         with torch.no_grad(), amp:
             teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.teacher_temperature or
                                  cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)                   # (N, L)
+        eval_due = held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
+        if fast is not None and eval_due:  # the sampler's own log-probs, to measure how far it is from the learner
+            with torch.no_grad():
+                sampler_logp = score(fast.model, ro, batches, vocab=vocab, temperature=cfg.temperature,
+                                     chunk_tokens=cfg.logprob_chunk_tokens)                                # (N, L)
         t3 = time.perf_counter()
 
         # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
         student.train()
-        norms = loss_norms(ro, correct, cfg, world)
+        norms = loss_norms(ro, correct, batches, cfg, world)
         infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms, world)
         grad_norm = optimizer_step(student, optimizer, cfg, fast)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
         t4 = time.perf_counter()
 
         # ---- log the step's numbers, gathered from every rank; the quick eval when due
-        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world, [r.get("unreliable") for r in rows])
+        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world, label(rows, ro.texts))
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
                   "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t4 - t0),
                   "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
-        if held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+        if fast is not None and eval_due:
+            record.update(sampler_gap(infos, batches, sampler_logp, ro.resp, world))
+        if eval_due:
             record["eval_accuracy"] = quick_eval(step + 1)
         write_metrics(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}", kl=f"{record['kl']:.3f}")
@@ -356,6 +389,22 @@ def main(argv: list[str]):
 
 # -----------------------------------------------------------------------------
 # Models and data
+
+def build_missing_world(cfg: Config, world: int):
+    """The offline demo in one command: build the toy world `build_world` in the student's parent directory
+    when the student is not there yet (toy.py returns at once when the world is already built)."""
+    if not cfg.build_world or Path(cfg.student).exists():
+        return
+    if cfg.build_world not in toy.WORLDS:
+        fail(f"field 'build_world' is {cfg.build_world!r}; toy worlds are: {', '.join(toy.WORLDS)} ('' = never)")
+    root = Path(cfg.student).parent
+    if world > 1:  # every rank would build the same world at once
+        fail(f"{cfg.student} does not exist; build the world with one process first: "
+             f"python toy.py --world {cfg.build_world} {root}")
+    print(f"{cfg.student} does not exist: building the {cfg.build_world} toy world in {root} first "
+          f"(a few minutes, once)")
+    toy.WORLDS[cfg.build_world](root)
+
 
 def finish(student, tok, out_dir: Path, rank: int, world: int):
     """The trained student as a plain HF model in output_dir, and the run's curves."""
@@ -395,7 +444,7 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
         return []
     source, split, keys = ((cfg.eval_data, "test", (cfg.eval_problem_field, cfg.eval_answer_field)) if held_out else
                            (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
-    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, "" if held_out else cfg.unreliable_field)
+    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=bool(cfg.rollout_labels) and not held_out)
     rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
     if held_out:  # generate is a collective under FSDP2: every rank gets as many problems
         rows = rows[:cfg.eval_limit]

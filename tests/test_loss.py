@@ -1,14 +1,16 @@
 """scope_loss, pinned on numbers small enough to check by hand (METHOD.md, Eqs. 1-6)."""
 import math
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
 import torch
 
+import scope
 from conftest import ROOT
 from eval import step_metrics
 from sample import Rollouts
-from scope import Config, group_softmax, loss_norms, parse_config, scope_loss
+from scope import Config, accumulate_gradients, group_softmax, loss_norms, parse_config, scope_loss
 
 CFG = Config()
 
@@ -192,28 +194,80 @@ def test_loss_norms_count_the_steps_tokens_as_each_convention_asks():
     resp = torch.tensor([[True, True, True], [True, False, False]])     # 3 and 1 response tokens
     ro = Rollouts(tokens=resp.long(), attn=resp, resp=resp, texts=[], truncated=torch.zeros(2, dtype=torch.bool))
     correct = torch.tensor([True, False])
-    assert loss_norms(ro, correct, CFG, world=1) == (4, None)
-    assert loss_norms(ro, correct, replace(CFG, mle_tokens="correct"), world=1) == (4, 3)
-    assert loss_norms(ro, ~correct, replace(CFG, mle_tokens="correct"), world=1) == (4, 1)
-    assert loss_norms(ro, correct, replace(CFG, loss_agg="sum", batch_size=7), world=1) == (7, None)
+    one, two = [(slice(0, 2), slice(0, 3))], [(slice(0, 1), slice(0, 3)), (slice(1, 2), slice(0, 1))]
+    assert loss_norms(ro, correct, one, CFG, world=1) == [(4, None)]
+    assert loss_norms(ro, correct, two, CFG, world=1) == [(4, None), (4, None)]  # one mean however it is cut
+    assert loss_norms(ro, correct, two, replace(CFG, mle_tokens="correct"), world=1) == [(4, 3), (4, 3)]
+    assert loss_norms(ro, ~correct, one, replace(CFG, mle_tokens="correct"), world=1) == [(4, 1)]
+    assert loss_norms(ro, correct, two, replace(CFG, loss_agg="sum", batch_size=7), world=1) == [(7, None)] * 2
+    # per micro-batch: its own tokens over its share of the step's rollouts (1/2 here, 1/4 on two ranks)
+    micro = replace(CFG, loss_agg="micro_token_mean", mle_tokens="correct")
+    assert loss_norms(ro, correct, two, micro, world=1) == [(6, 6), (2, 2)]  # (3, 3) / .5 and (1, max(0, 1)) / .5
+    assert loss_norms(ro, correct, one, micro, world=1) == [(4, 3)]          # one micro-batch: token_mean's
+    assert loss_norms(ro, correct, two, micro, world=2) == [(12, 12), (4, 4)]
 
 
-def test_the_released_preset_sets_the_released_codes_four_conventions():
+def test_the_released_preset_sets_the_released_codes_five_conventions():
     cfg = parse_config(["--config", str(ROOT / "configs" / "released.yaml")])
-    assert (cfg.student_weight, cfg.weight_scale, cfg.mle_tokens, cfg.teacher_temperature) == \
-        ("reversed", "mean", "correct", 1.0)
+    assert (cfg.student_weight, cfg.weight_scale, cfg.mle_tokens, cfg.loss_agg, cfg.teacher_temperature) == \
+        ("reversed", "mean", "correct", "micro_token_mean", 1.0)
     assert (cfg.teacher_weight, cfg.tau, cfg.temperature) == ("ppl", 1.0, 0.6)
 
 
-def roll_of(weight, mle, group, unreliable=None):
+RELEASED = parse_config(["--config", str(ROOT / "configs" / "released.yaml")])
+ALL = slice(0, 3)
+# Four rollouts of four prompts (so every weight is 1 whatever the convention), cut into three micro-batches of
+# unequal make-up: row 0 correct (2 tokens); rows 1-2 wrong (1 token, A = 2) and correct (1 token); row 3 wrong
+# (3 tokens, A = 1). Shares of the step's 4 rollouts: 1/4, 1/2, 1/4.
+STEP = dict(nll_student=[1.0, 1.0, 1.0, 1.0], nll_teacher=[1.0, 3.0, 1.0, 2.0], correct=[True, False, True, False],
+            lengths=[2, 1, 1, 3])
+THREE = [(slice(0, 1), ALL), (slice(1, 3), ALL), (slice(3, 4), ALL)]
+
+
+def step_gradient(cfg, batches, monkeypatch, nll_student, nll_teacher, correct, lengths):
+    """d(one step's loss) / d(each token's log-prob), through `loss_norms` and `accumulate_gradients` on one rank.
+    The "student" is the table of log-probs itself and a row's tokens are its row number, so the forward pass is
+    a lookup and the gradient lands on the table (N, T)."""
+    n = len(correct)
+    logp, teacher, _, correct, group = rollouts(nll_student, nll_teacher, correct, list(range(n)), tokens=3)
+    mask = torch.arange(3) < torch.tensor(lengths)[:, None]                                   # (N, T)
+    rows = torch.arange(n)[:, None].expand(-1, 3)                                             # (N, T) row numbers
+    ro = Rollouts(tokens=rows, attn=mask, resp=mask, texts=[], truncated=torch.zeros(n, dtype=torch.bool))
+    monkeypatch.setattr(scope, "token_logprobs", lambda table, tokens, *a, **kw: table[tokens[:, 0]])
+    norms = loss_norms(ro, correct, batches, cfg, world=1)
+    accumulate_gradients(logp, ro, batches, teacher, correct, group, 0, cfg, nullcontext(), norms, world=1)
+    return logp.grad
+
+
+def test_micro_token_mean_weighs_each_micro_batchs_own_means_by_its_share_of_the_rollouts(monkeypatch):
+    grad = step_gradient(RELEASED, THREE, monkeypatch, **STEP)
+    # correct tokens: -share / the micro-batch's correct tokens; wrong tokens: share x A / all its tokens
+    expected = torch.tensor([[-1 / 4 / 2, -1 / 4 / 2, 0],       # micro-batch 1: 2 correct tokens, 2 in all
+                             [1 / 2 * 2 / 2, 0, 0],             # micro-batch 2: 1 correct token, 2 in all
+                             [-1 / 2 / 1, 0, 0],
+                             [1 / 4 * 1 / 3] * 3])              # micro-batch 3: no correct token, 3 in all
+    assert torch.allclose(grad, expected)
+    # the step-wide mean divides by the step's 3 correct and 7 response tokens wherever a token lies
+    step_mean = step_gradient(replace(RELEASED, loss_agg="token_mean"), THREE, monkeypatch, **STEP)
+    assert torch.allclose(step_mean, torch.tensor([[-1 / 3, -1 / 3, 0], [2 / 7, 0, 0], [-1 / 3, 0, 0], [1 / 7] * 3]))
+    assert (grad[:, 0] - step_mean[:, 0]).abs().min() > 0.05  # every rollout's tokens move otherwise
+
+
+def test_micro_token_mean_of_a_step_in_one_micro_batch_is_the_step_wide_mean(monkeypatch):
+    whole = [(slice(0, 4), ALL)]
+    grad = step_gradient(RELEASED, whole, monkeypatch, **STEP)
+    before = step_gradient(replace(RELEASED, loss_agg="token_mean"), whole, monkeypatch, **STEP)
+    assert torch.equal(grad, before)
+    assert torch.allclose(grad, torch.tensor([[-1 / 3, -1 / 3, 0], [2 / 7, 0, 0], [-1 / 3, 0, 0], [1 / 7] * 3]))
+
+
+def roll_of(weight, mle, group, **labels):
     n = len(weight)
-    roll = {"weight": torch.tensor(weight), "mle": torch.tensor(mle), "group": torch.tensor(group),
+    return {"weight": torch.tensor(weight), "mle": torch.tensor(mle), "group": torch.tensor(group),
             "correct": torch.tensor(mle), "truncated": torch.zeros(n, dtype=torch.bool),
             "n_tokens": torch.ones(n), "kl_sum": torch.zeros(n), "nll_student": torch.zeros(n),
-            "nll_teacher": torch.zeros(n), "loss_mle": torch.zeros(1), "loss_opd": torch.zeros(1)}
-    if unreliable is not None:
-        roll["unreliable"] = torch.tensor(unreliable)
-    return roll
+            "nll_teacher": torch.zeros(n), "loss_mle": torch.zeros(1), "loss_opd": torch.zeros(1),
+            **{k: torch.tensor(v) for k, v in labels.items()}}
 
 
 def test_effective_sample_size_is_one_when_uniform_and_one_over_n_when_one_rollout_takes_all():
@@ -223,8 +277,27 @@ def test_effective_sample_size_is_one_when_uniform_and_one_over_n_when_one_rollo
     assert m["ess_opd"] == pytest.approx((1 / (0.75 ** 2 + 0.25 ** 2) / 2 + 1) / 2)  # mean over the 2 prompts
 
 
-def test_the_reverse_kl_weight_on_unreliable_rollouts_is_reported_beside_their_share():
-    m = step_metrics(roll_of([1.5, 0.5, 1.0, 1.0], [False, False, True, True], [0, 0, 1, 1],
-                             unreliable=[True, False, False, False]), group_size=2)
-    assert m["opd_unreliable"] == 0.5 and m["w_opd_unreliable"] == pytest.approx(0.75)
-    assert "w_opd_unreliable" not in step_metrics(roll_of([1.0, 1.0], [False, False], [0, 0]), group_size=2)
+def test_within_a_prompt_the_labelled_rollouts_share_of_weight_is_reported_beside_their_share_of_count():
+    T, F = True, False
+    roll = roll_of(weight=[0.4, 1.2, 1.6, 0.8,    1.0, 1.0, 1.0, 1.0,    0.5, 1.5, 1.5, 0.5],
+                   mle=[F, F, F, F,               F, F, F, F,            T, T, F, F],
+                   group=[0, 0, 0, 0,             1, 1, 1, 1,            2, 2, 2, 2],
+                   teacher_unreliable=[T, F, F, T,  T, T, T, T,          F, F, F, T],
+                   unlikely_route=[F, F, F, F,      F, F, F, F,          T, F, F, F])
+    m = step_metrics(roll, group_size=4)
+    # reverse KL: prompt 0 puts (0.4 + 0.8) / 4.0 = 0.3 of its weight on half its rollouts, prompt 2 puts
+    # 0.5 / 2.0 = 0.25 on half; prompt 1 (every wrong rollout unreliable) has nothing to compare and is left out
+    assert m["opd_unreliable_prompts"] == 2
+    assert m["opd_unreliable_weight"] == pytest.approx((0.3 + 0.25) / 2) and m["opd_unreliable_count"] == 0.5
+    # MLE: only prompt 2 has correct rollouts on both routes; the unlikely one takes 0.5 / 2.0 of the weight
+    assert m["mle_unlikely_prompts"] == 1
+    assert m["mle_unlikely_weight"] == pytest.approx(0.25) and m["mle_unlikely_count"] == 0.5
+
+
+def test_without_a_prompt_holding_both_kinds_the_within_prompt_shares_are_empty_and_without_labels_absent():
+    roll = roll_of([1.0, 1.0], [False, False], [0, 0], teacher_unreliable=[True, True], unlikely_route=[False, False])
+    m = step_metrics(roll, group_size=2)
+    assert (m["opd_unreliable_weight"], m["opd_unreliable_count"], m["opd_unreliable_prompts"]) == (None, None, 0)
+    assert m["mle_unlikely_prompts"] == 0                 # no correct rollout at all
+    assert not any("unreliable" in k or "unlikely" in k
+                   for k in step_metrics(roll_of([1.0, 1.0], [False, False], [0, 0]), group_size=2))

@@ -187,3 +187,11 @@ def test_resuming_with_other_sampling_fields_is_refused_naming_the_field(tiny_pa
     err = capsys.readouterr().err
     assert field[2:].replace("-", "_") in err and "step_000004" in err
     assert len(metrics(run)) == 4                             # nothing was trained
+
+
+def test_the_runs_settings_survive_the_student_saved_beside_them(tiny_pair, tmp_path):
+    """The final student's config.json lands in output_dir; the run's own fields are kept in run_config.json."""
+    student, teacher, data = tiny_pair
+    scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--lr", "0.000123"))
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["lr"] == 0.000123
+    assert "model_type" in json.loads((tmp_path / "run" / "config.json").read_text())

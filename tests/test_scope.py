@@ -196,17 +196,44 @@ def test_teacher_log_probs_use_the_teacher_temperature_when_one_is_set(tiny_pair
     assert seen == [expected, expected]                       # one teacher scoring per step
 
 
-def test_a_world_that_flags_an_unreliable_teacher_logs_where_the_reverse_kl_weight_went(tiny_pair, tmp_path,
-                                                                                       capsys):
+LABELLER = """
+def labels(row, text):
+    return {"teacher_unreliable": row["teacher_wrong"], "unlikely_route": text.startswith("1")}
+
+def broken(row, text):
+    return {"teacher_unreliable": "yes"}
+"""
+
+
+def test_a_rollout_labeller_reads_each_rows_own_fields_and_metrics_log_where_the_weights_fell(tiny_pair, tmp_path,
+                                                                                          monkeypatch):
     student, teacher, data = tiny_pair
+    (tmp_path / "my_labels.py").write_text(LABELLER)
+    monkeypatch.syspath_prepend(str(tmp_path))
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     flagged = tmp_path / "flagged.jsonl"
     flagged.write_text("".join(json.dumps({**r, "teacher_wrong": i % 2 == 0}) + "\n" for i, r in enumerate(rows)))
-    run_scope(tiny_args(student, teacher, flagged, tmp_path / "run", "--unreliable-field", "teacher_wrong"))
+    seen, real = [], scope.gather_rollouts
+    monkeypatch.setattr(scope, "gather_rollouts", lambda *a: seen.append(a[-1]) or real(*a))
+    run_scope(tiny_args(student, teacher, flagged, tmp_path / "run", "--rollout-labels", "my_labels:labels"))
+    assert [sorted(labels) for labels in seen] == [["teacher_unreliable", "unlikely_route"]] * 2
+    for labels in seen:  # 4 problems x 4 rollouts, each rollout labelled with its own problem's flag
+        assert labels["teacher_unreliable"].shape == (16,)
+        assert all(labels["teacher_unreliable"][i] == labels["teacher_unreliable"][i // 4 * 4] for i in range(16))
     for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()):
-        assert 0 <= m["w_opd_unreliable"] <= 1 and 0 <= m["opd_unreliable"] <= 1
-    flagged.write_text(json.dumps({**rows[0], "teacher_wrong": "yes"}) + "\n")
+        assert "opd_unreliable_prompts" in m and "mle_unlikely_prompts" in m
+
+
+@pytest.mark.parametrize("spec, message", [("no_such_module:labels", "cannot be imported"),
+                                           ("my_labels:nothing", "cannot be imported"),
+                                           ("my_labels", "cannot be imported"),
+                                           ("my_labels:broken", "expected {'teacher_unreliable': bool")])
+def test_a_labeller_that_cannot_be_imported_or_answers_wrongly_is_named(tiny_pair, tmp_path, monkeypatch, capsys,
+                                                                        spec, message):
+    student, teacher, data = tiny_pair
+    (tmp_path / "my_labels.py").write_text(LABELLER)
+    monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SystemExit):
-        run_scope(tiny_args(student, teacher, flagged, tmp_path / "bad", "--unreliable-field", "teacher_wrong"))
+        run_scope(tiny_args(student, teacher, data, tmp_path / "run", "--rollout-labels", spec))
     err = capsys.readouterr().err
-    assert "row 0" in err and "'teacher_wrong'" in err and "true or false" in err
+    assert "'rollout_labels'" in err and spec.split(":")[0] in err and message in err
