@@ -547,7 +547,7 @@ def gather_rollouts(infos: list[dict], ro, correct, group, world: int, labels: d
 
 
 def step_metrics(roll: dict, group_size: int) -> dict:
-    """Per-step numbers that tell whether training does something, and what the weights do (README, Metrics).
+    """Per-step numbers that tell whether training does something, and what the weights do (docs/metrics.md).
 
     Per path, over the prompts' subsets of more than one rollout: the weights' normalised entropy and
     effective sample size, (sum w)^2 / sum w^2 / n, both 1 when uniform (the ESS is 1/n when one
