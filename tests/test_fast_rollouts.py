@@ -187,28 +187,6 @@ def test_the_bf16_copys_log_probs_do_not_drift_from_the_students_with_position()
     assert max(buckets) < 1.5 * buckets[0], buckets             # and does not grow with position
 
 
-def test_compiled_decoding_compiles_once_across_calls_prompt_widths_and_refreshes(tokenizer):
-    """Compiled with dynamo alone (backend "eager", CPU): after the first call, neither new prompt widths nor new
-    weights copied in make a new graph, and the compiled path samples what the plain one does."""
-    torch._dynamo.reset()
-    compile_config = CompileConfig(backend="eager", mode=None)
-    compile_config._compile_all_devices = True  # transformers compiles on GPU only unless told
-    student = gqa_model(tokenizer)
-    fast = RolloutCopy(student, torch.float32, rows=4, max_len=MAX_PROMPT + MAX_NEW, compile=compile_config)
-    generate(None, tokenizer, prompts(2, seed=1), 2, **kw(tokenizer), static=fast)
-    graphs = counters["stats"]["unique_graphs"]
-    assert graphs >= 1  # it did compile
-    for seed in (2, 3):
-        with torch.no_grad():
-            for p in student.parameters():
-                p.mul_(1.01)
-        fast.refresh(student)
-        ro = generate(None, tokenizer, prompts(2, seed=seed), 2, **kw(tokenizer), static=fast)
-        assert torch.equal(ro.tokens, generate(student, tokenizer, prompts(2, seed=seed), 2, **kw(tokenizer)).tokens)
-    assert counters["stats"]["unique_graphs"] == graphs
-    torch._dynamo.reset()
-
-
 def test_inductor_compiles_the_decode_step_once_without_graph_breaks(tokenizer, tmp_path):
     """The real backend (inductor, C++ kernels on CPU): one graph for every call, across prompt widths, refreshes
     and a reload of the weights from a saved state, no graph break, each call's cache the same tensors, and the
