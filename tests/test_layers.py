@@ -40,7 +40,8 @@ def test_imports_point_one_way_and_none_hides_inside_a_function(path):
 
 def test_every_choice_field_lists_its_choices_in_help():
     out = subprocess.run([sys.executable, "scope.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
-    for words in ("{ppl,uniform,reversed}", "{mean,sum}", "{token_mean,sum}", "{none,wandb,tensorboard,trackio}"):
+    for words in ("{ppl,uniform,reversed}", "{mean,sum}", "{token_mean,sum,micro_token_mean}", "{plain,static}",
+                  "{none,wandb,tensorboard,trackio}"):
         assert words in out
     assert "(default: 0.6)" in out  # defaults are shown
 
