@@ -4,7 +4,7 @@
 
 Prints each checker's accuracy against the labels, overall and by category, the cases where the
 two disagree, and the time per call of each with their ratio. Then the same for the conventions
-set of tests/verify_conventions.py (issue 13), graded by verify.py strict, verify.py with
+set of tests/verify_conventions.py, graded by verify.py strict, verify.py with
 `fallback=True` and Math-Verify, with each one's false positives (accepted, label False).
 
 Math-Verify (`pip install math-verify`) is a bench-only dependency; without it the script still

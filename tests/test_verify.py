@@ -235,7 +235,7 @@ def test_cli_without_a_gold_answer_prints_usage_and_fails():
     assert "usage" in out.stderr
 
 
-# --- the conventions set of issue 13 (tests/verify_conventions.py) ----------------------------
+# --- the conventions set (tests/verify_conventions.py) --------------------------------------------
 
 
 def test_conventions_set_has_positives_and_negatives_for_every_convention():

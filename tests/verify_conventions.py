@@ -1,4 +1,4 @@
-r"""Labelled cases for the conventions graders rely on (issue 13), written before the code changed.
+r"""Labelled cases for the conventions graders rely on, written before the code changed.
 
 Each case is (convention, response, gold, expected, marked). `expected` is the mathematical truth
 for a reader who takes the answer from prose; `marked` says whether the response marks its answer
