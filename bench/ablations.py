@@ -474,7 +474,7 @@ def verdict(results: list[dict], claim: tuple) -> tuple[str, str]:
     intervals = [(other, key, d, paired(d)) for other, key in comparisons
                  for d in [differences(results, variant, other, last, key)]]
     evidence = "; ".join(f"{variant} - {other}, {key.capitalize()} step {last}: {interval_text(i, len(d))}"
-                         for other, key, d, i in intervals)
+                         + (f" ({len(d)} pairs)" if i else "") for other, key, d, i in intervals)
     if reason := untestable(results, about):
         return "not testable", f"{reason}; {evidence}"
     if any(not d for *_, d, _ in intervals):

@@ -125,7 +125,7 @@ def test_a_claim_is_reproduced_refuted_or_inconclusive_by_its_paired_interval():
     results.append(result("opd_g1_paper", 0, 0, avg=0.1))
     word, evidence = ablations.verdict(results, claim("routing helps (SCOPE"))
     # gaps 0.10, 0.12, 0.08, 0.10: mean 0.1, sd 0.01633, t(3 df) 3.182: 0.1 +- 0.026
-    assert word == "reproduced" and evidence == "scope - opd_g8, Avg@8 step 40: +0.100 [+0.074, +0.126]"
+    assert word == "reproduced" and evidence == "scope - opd_g8, Avg@8 step 40: +0.100 [+0.074, +0.126] (4 pairs)"
     assert ablations.verdict(results, claim("the teacher weight helps"))[0] == "not reproduced"
     assert ablations.verdict(results, claim("reversing the teacher"))[0] == "inconclusive (interval includes zero)"
     assert ablations.verdict(results, claim("tau = 1"))[0] == "not run"                 # tau_2 never ran
