@@ -21,11 +21,7 @@ Run:
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
 """
 import argparse
-import json
 import math
-import os
-import shutil
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -41,12 +37,13 @@ from transformers import HfArgumentParser
 
 import plan
 import toy
+from reliability import catch_stop_signals, find_checkpoint, load_checkpoint, out_of_memory, save_checkpoint, stop_now
 from eval import (append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, rollout_labeller,
                   sampler_gap, step_metrics)
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
-                    fsync, generate, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows, load_state,
-                    micro_batches, quiet_libraries, rollout_copy, rows_per_call, sampling_with, save_model, save_state,
-                    score, setup_distributed, shard, stop_ids, token_logprobs, with_prompts)
+                    generate, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows, micro_batches,
+                    quiet_libraries, rollout_copy, rows_per_call, sampling_with, save_model, score, setup_distributed,
+                    shard, stop_ids, token_logprobs, with_prompts)
 from verify import grade
 
 
@@ -332,7 +329,8 @@ def main(argv: list[str]):
 
         # ---- sample G answers per problem from the current student
         student.eval()
-        with sampling_with(student, fast, amp, world):
+        with sampling_with(student, fast, amp, world), out_of_memory("sampling", rows_per_call=sampling["max_rows"],
+                                                                     max_new_tokens=cfg.max_new_tokens):
             ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
                           **sampling)
         t1 = time.perf_counter()
@@ -345,7 +343,8 @@ def main(argv: list[str]):
 
         # ---- the teacher scores the student's tokens: one forward, no generation
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
-        with torch.no_grad(), amp:
+        with torch.no_grad(), amp, out_of_memory("teacher scoring", micro_batch_tokens=cfg.micro_batch_tokens,
+                                                 response_tokens=ro.resp.shape[1]):
             teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.teacher_temperature or
                                  cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)                   # (N, L)
         eval_due = held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
@@ -358,7 +357,9 @@ def main(argv: list[str]):
         # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
         student.train()
         norms = loss_norms(ro, correct, batches, cfg, world)
-        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms, world)
+        with out_of_memory("update", micro_batch_tokens=cfg.micro_batch_tokens, response_tokens=ro.resp.shape[1]):
+            infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms,
+                                         world)
         grad_norm = optimizer_step(student, optimizer, cfg, fast)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
         t4 = time.perf_counter()
@@ -450,98 +451,6 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
         rows = rows[:cfg.eval_limit]
         rows = rows[:len(rows) // world * world]
     return rows or fail(f"{source}: the quick eval needs at least one problem per rank ({world} ranks)")
-
-
-# -----------------------------------------------------------------------------
-# Reliability: context check, atomic checkpoints, exact resume, stop on a signal
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a save in progress lives in a .tmp_ dir until renamed)."""
-    return sorted(p for p in out_dir.glob("step_*") if (p / "trainer.json").exists())
-
-
-def find_checkpoint(cfg: Config, out_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite a previous run."""
-    if cfg.resume == "":
-        if checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists():
-            fail(f"output_dir {out_dir} already holds a run; continue it with --resume auto, "
-                 f"or choose another --output-dir")
-        return None
-    if cfg.resume == "auto":
-        found = checkpoints(out_dir)
-        return found[-1] if found else None
-    path = Path(cfg.resume)
-    if not (path / "trainer.json").exists():
-        fail(f"--resume {path}: not a checkpoint (expected a step_NNNNNN directory written by scope.py)")
-    return path
-
-
-# Fields that decide which rollouts each step draws: a resumed run must keep them.
-RESUME_FIELDS = ("seed", "batch_size", "group_size")
-
-
-def save_checkpoint(model, optimizer, tokenizer, out_dir: Path, step: int, cfg: Config, rank: int, world: int):
-    """Atomically: write into a temporary directory, flush to disk, then rename; prune old ones.
-
-    Holds the student as a plain HF model, and model + optimizer state (sharded under FSDP2) in
-    torch.distributed.checkpoint format for an exact resume. Nothing else is needed: the data
-    order and the sampling seeds are functions of the step.
-    """
-    final, tmp = out_dir / f"step_{step:06d}", out_dir / f".tmp_step_{step:06d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    barrier(world)
-    save_model(model, tokenizer, tmp, rank, world)
-    save_state(model, optimizer, tmp / "state")
-    barrier(world)
-    if rank == 0:
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **{k: getattr(cfg, k) for k in RESUME_FIELDS}}))
-        fsync(*(f for f in tmp.rglob("*") if f.is_file()))
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        fsync(out_dir)  # make the rename itself durable
-        for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old)
-    barrier(world)
-
-
-def load_checkpoint(path: Path, model, optimizer, cfg: Config, fast=None) -> int:
-    """Restore model and optimizer (and the rollout copy) from a checkpoint made with the same RESUME_FIELDS;
-    returns its step."""
-    saved = json.loads((path / "trainer.json").read_text())
-    for name in RESUME_FIELDS:
-        if name in saved and saved[name] != getattr(cfg, name):
-            fail(f"--resume {path}: the checkpoint was made with {name}={saved[name]!r}, this run has "
-                 f"{getattr(cfg, name)!r}; it decides which rollouts each step draws, so resume with the same "
-                 f"value or start a fresh run in another --output-dir")
-    load_state(model, optimizer, path / "state")
-    if fast is not None:
-        fast.refresh(model)
-    print(f"resumed from {path} (step {saved['step']})")
-    return saved["step"]
-
-
-def catch_stop_signals() -> dict:
-    """SIGTERM (preemption) and SIGINT set a flag the loop reads at the next step boundary; a second one kills."""
-    stop = {"signal": None}
-
-    def handler(signum, frame):
-        stop["signal"] = signum
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
-
-
-def stop_now(argv: list[str], step: int, signum, rank: int):
-    """Exit after a signal, once the checkpoint is saved, saying how to continue."""
-    again = argv if any(a.startswith("--resume") for a in argv) else [*argv, "--resume", "auto"]
-    if rank == 0:
-        print(f"\nstopped by a signal after step {step}; checkpoint saved. Continue with:\n"
-              f"  python scope.py {' '.join(again)}", file=sys.stderr)
-    sys.exit(128 + (signum or signal.SIGTERM))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 from transformers import AutoConfig, CompileConfig, Qwen2Config, Qwen2ForCausalLM
 
 import eval as evaluate
+import reliability
 import sample
 import scope
 import toy
@@ -146,7 +147,7 @@ def test_a_resume_refreshes_parameters_and_buffers_from_the_checkpoint(tiny_pair
     fast = RolloutCopy(model, torch.bfloat16, rows=2, max_len=16)
     optimizer = torch.optim.AdamW(model.parameters())
     cfg = scope.parse_config(tiny_args(student_dir, teacher, data, tmp_path / "run"))
-    assert scope.load_checkpoint(tmp_path / "run" / "step_000002", model, optimizer, cfg, fast) == 2
+    assert reliability.load_checkpoint(tmp_path / "run" / "step_000002", model, optimizer, cfg, fast) == 2
     trained, _ = sample.load_model(str(tmp_path / "run"), torch.float32, torch.device("cpu"))
     copy, buffers = dict(fast.model.named_parameters()), dict(fast.model.named_buffers())
     for name, p in trained.named_parameters():

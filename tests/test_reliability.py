@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import reliability
 import scope
 from conftest import ROOT, tiny_args
 
@@ -73,18 +74,18 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tiny_pair,
     student, teacher, data = tiny_pair
     run = tmp_path / "run"
     args = tiny_args(student, teacher, data, run, "--max-steps", "3", "--save-every", "1")
-    real_save = scope.save_model
+    real_save = reliability.save_model
 
     def dies_while_saving_step_2(model, tokenizer, path, rank, world):
         real_save(model, tokenizer, path, rank, world)
         if path.name == ".tmp_step_000002":  # the weights are half way to disk when the process dies
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(scope, "save_model", dies_while_saving_step_2)
+    monkeypatch.setattr(reliability, "save_model", dies_while_saving_step_2)
     with pytest.raises(KeyboardInterrupt):
         scope.main(args)
     monkeypatch.undo()
-    assert [p.name for p in scope.checkpoints(run)] == ["step_000001"]
+    assert [p.name for p in reliability.checkpoints(run)] == ["step_000001"]
     assert (run / ".tmp_step_000002").exists()  # the half-written one is never taken for a checkpoint
     AutoModelForCausalLM.from_pretrained(run / "step_000001")
     scope.main([*args, "--resume", "auto"])
@@ -92,7 +93,7 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tiny_pair,
 
 
 def test_only_the_newest_checkpoints_are_kept(uninterrupted):
-    assert [p.name for p in scope.checkpoints(uninterrupted)] == ["step_000003", "step_000004"]
+    assert [p.name for p in reliability.checkpoints(uninterrupted)] == ["step_000003", "step_000004"]
 
 
 def test_sigterm_stops_at_a_step_boundary_saves_and_says_how_to_resume(tiny_pair, tmp_path):
@@ -106,7 +107,7 @@ def test_sigterm_stops_at_a_step_boundary_saves_and_says_how_to_resume(tiny_pair
     assert proc.returncode == 128 + signal.SIGTERM
     assert "--resume auto" in err
     done = len(metrics(run))
-    assert done < 50 and [p.name for p in scope.checkpoints(run)] == [f"step_{done:06d}"]
+    assert done < 50 and [p.name for p in reliability.checkpoints(run)] == [f"step_{done:06d}"]
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_pair, tmp_path, monkeypatch, capsys):
