@@ -1,0 +1,818 @@
+"""Grade a model's program against a problem's tests, running it in a bubblewrap sandbox.
+
+    python verify_code.py --check                 # is the sandbox usable here? (says how to install it)
+    python verify_code.py --humaneval             # HumanEval's canonical solutions: 164 of 164 pass
+
+A response's program is its last fenced code block after the thinking (`extract_code`). Tests come in
+the three forms the code benchmarks use, each a dict:
+
+    {"form": "assert", "prelude": prompt, "test": "def check(candidate): assert ...", "entry": name}
+        HumanEval: the program is prelude + the block; `check(candidate)` must return.
+    {"form": "stdio", "cases": [[stdin, stdout], ...], "float_tol": 1e-5 or None}
+        TACO, Codeforces, LiveCodeBench: the program reads standard input, its output is compared
+        line by line, tokens split on whitespace; numbers within float_tol (relative and absolute; None:
+        numbers must be equal as decimals, as LiveCodeBench compares).
+    {"form": "call", "entry": "name" or "Solution.method", "cases": [[args, expected], ...]}
+        LiveCodeBench's LeetCode problems and TACO's fn_name ones: the function (a method of a fresh
+        instance) called on args; with "first_of_list": true, as APPS and TACO compare, a result may
+        also equal the first item of an expected list.
+
+The verdict (`Verdict`) is passed, failed (naming the test), timeout, runtime_error, no_code or
+refused (the program ran into one of the sandbox's limits); the reward is 1 only when it is passed.
+
+The program never runs in this process. It runs in a child (the harness, `serve` below) under
+bubblewrap, and only plain data comes back: a function's return value or a program's output. The
+tests and every comparison run here, in the grader's process, so a program cannot reach them:
+replacing `assert`, `AssertionError`, `==` or a builtin changes only its own interpreter; exiting
+early (`sys.exit(0)`, `os._exit(0)`) before the tests answers no call, and that is a failure;
+printing what a passing run prints is only output, compared like any other. A return value that is
+not plain data (numbers, strings, bytes, None, lists, tuples, sets, dicts of them) is a failure, so
+an object whose `__eq__` always says yes never reaches a comparison.
+
+What the sandbox promises (bwrap, the default), each tested by a hostile program in
+tests/test_verify_code.py:
+- no network: a new network namespace with no interface but its own loopback; the grader's
+  127.0.0.1 cannot be reached;
+- nothing of the machine but the system's programs and libraries (/usr, /lib*, /bin, /sbin) and the
+  Python that runs the program, all read-only; the run's files, the home directory and /etc are absent;
+- a fresh, empty /tmp of TMP_BYTES (the working directory), the only place it can write;
+- a scrubbed environment: PATH, HOME=/tmp and LANG only (no tokens, no keys, no paths of the run);
+- its own process, user, IPC, UTS and cgroup namespaces and its own session: it sees no other
+  process, and the only processes it can signal are its own;
+- when the grader runs as root, the sandbox runs as uid 65534 (nobody), without capabilities;
+- limits, per program: WALL_S seconds of wall time for each test and TOTAL_S for all of them,
+  CPU_S seconds of CPU time and MEMORY_BYTES of address space per process, PROCESSES processes and
+  threads, files of at most FILE_BYTES, OPEN_FILES descriptors, OUTPUT_BYTES of output per test;
+- when grading ends, for any reason, the whole sandbox is killed (its process namespace dies with
+  its first process, and bubblewrap dies with the grader).
+Where bwrap is missing or cannot create namespaces, grading refuses to start with a message saying
+how to install it, unless sandbox="process" is asked for by name. That weaker mode runs the same
+harness as a plain child process with the same limits, scrubbed environment and temporary
+directory, but with the machine's files, network and processes in reach; it warns once per run.
+
+Limits of the promise: the program shares the kernel (a kernel exploit escapes any namespace); its
+CPU time and memory are bounded per process, so a sandbox's worst case is PROCESSES x MEMORY_BYTES
+(plus TMP_BYTES), and a pool's is that times its workers; it can read the system's installed files.
+
+Standard library only, no `re`.
+"""
+
+import argparse
+import ast
+import codecs
+import concurrent.futures
+import functools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+WALL_S = 6.0  # wall time of one test: a function call, or a run on one input (LiveCodeBench: 6 s)
+TOTAL_S = 30.0  # wall time of all of a program's tests together, start-up included
+CPU_S = 30  # CPU seconds of each process of the sandbox
+MEMORY_BYTES = 1 << 30  # address space of each process
+PROCESSES = 32  # processes and threads in the sandbox, its own harness included
+FILE_BYTES = 16 << 20  # largest file it can write
+TMP_BYTES = 64 << 20  # its /tmp, all files together
+OPEN_FILES = 64
+OUTPUT_BYTES = 1 << 20  # output of one test that is read back; more is refused
+MAX_RESPONSE_CHARS = 100_000  # only the tail of a response is searched for the program
+NOBODY = 65534  # the sandbox's user when the grader is root
+VERDICTS = ("passed", "failed", "timeout", "runtime_error", "no_code", "refused")
+PYTHON_TAGS = ("python", "py", "python3")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What grading one program found: status in VERDICTS, the test it stopped at (an index into the
+    cases, or the line of an assert-form test; None when it stopped before any) and why, in a line."""
+    status: str
+    test: int | None = None
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def reward(self) -> float:
+        return 1.0 if self.passed else 0.0
+
+
+class SandboxUnavailable(RuntimeError):
+    """bwrap cannot run here; the message says how to install it or how to run without it."""
+
+
+def grade_code(response: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
+    """Grade the last fenced program of `response` against `tests` (a dict in one of the forms above).
+    sandbox: "bwrap" (the default, refuses to start without bubblewrap) or "process" (weaker, warns)."""
+    code = extract_code(response)
+    if code is None:
+        return Verdict("no_code", detail="no closed fenced code block after the thinking")
+    return run_tests(code, tests, sandbox)
+
+
+def grade_many(items: list[tuple[str, dict]], sandbox: str = "bwrap", workers: int = 0) -> list[Verdict]:
+    """grade_code on each (response, tests), `workers` at a time (default: one per core): each program
+    runs in its own sandbox, and the grader's threads only wait on them, so the cores stay busy."""
+    check_sandbox(sandbox)  # refuse once, before starting anything
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda item: grade_code(item[0], item[1], sandbox), items))
+
+
+def extract_code(text: str) -> str | None:
+    """The last fenced block tagged python (py, python3) after the last </think>, else the last
+    untagged one; None when the thinking never closes or no block is closed."""
+    if not isinstance(text, str):
+        return None
+    end = text.rfind("</think>")
+    if end >= 0:
+        text = text[end + len("</think>"):]
+    elif "<think>" in text:
+        return None  # the model stopped before it finished thinking
+    blocks, tag, lines = [], None, []
+    for line in text[-MAX_RESPONSE_CHARS:].split("\n"):
+        fence = line.strip()
+        if tag is None and fence.startswith("```"):
+            tag, lines = fence[3:].strip().lower(), []
+        elif tag is not None and fence == "```":
+            blocks.append((tag, "\n".join(lines)))
+            tag = None
+        elif tag is not None:
+            lines.append(line)
+    for wanted in (PYTHON_TAGS, ("",)):
+        found = [body for tag, body in blocks if tag in wanted and body.strip()]
+        if found:
+            return found[-1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tests: here, in the grader's process; the program answers from its sandbox
+# ---------------------------------------------------------------------------------------------
+
+class Stop(Exception):
+    """The program cannot go on (timeout, crash, limit): ends the tests with its verdict."""
+
+    def __init__(self, verdict: Verdict):
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+
+
+def run_tests(code: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
+    """Run `code` against `tests` in a fresh sandbox; the first test that fails ends it."""
+    form = tests.get("form") if isinstance(tests, dict) else None
+    if form not in ("assert", "stdio", "call"):
+        raise ValueError(f"tests: field 'form' is {form!r}; expected 'assert', 'stdio' or 'call'")
+    program = tests["prelude"] + "\n" + code if form == "assert" else code
+    entry = tests.get("entry", "")
+    with Sandbox(sandbox) as box:
+        try:
+            box.ask({"program": program, "form": form, "entry": entry}, None)
+            if form == "assert":
+                return _run_check(box, tests)
+            for i, (given, expected) in enumerate(tests["cases"]):
+                if form == "stdio":
+                    reply = box.ask({"input": given}, i)
+                    if not same_output(reply["output"], expected, tests.get("float_tol")):
+                        return Verdict("failed", i, f"output {_short(reply['output'])} for input "
+                                                    f"{_short(given)}, expected {_short(expected)}")
+                else:
+                    got = box.call(list(given), i)
+                    wrapped = tests.get("first_of_list") and isinstance(expected, list) and len(expected) > 0
+                    if not (_same_value(got, expected) or wrapped and _same_value(got, expected[0])):
+                        return Verdict("failed", i, f"returned {_short(repr(got))} for {_short(repr(given))}, "
+                                                    f"expected {_short(repr(expected))}")
+            return Verdict("passed")
+        except Stop as stop:
+            return stop.verdict
+
+
+def _run_check(box, tests: dict) -> Verdict:
+    """HumanEval's check(candidate), run here with `candidate` calling the program's function."""
+    space = {"__name__": "tests"}
+    try:  # the benchmark's own prompt and tests: trusted, compiled with their asserts whatever -O says
+        exec(compile(tests["prelude"] + "\n" + tests["test"], "<tests>", "exec", dont_inherit=True, optimize=0), space)
+        check = space["check"]
+    except Exception as e:
+        raise ValueError(f"tests: the prelude and test do not define check(candidate): {type(e).__name__}: {e}")
+    calls = []
+
+    def candidate(*args):
+        calls.append(args)
+        return box.call(list(args), len(calls) - 1)
+    space[tests["entry"]] = candidate  # a test may also call the function by its name (HumanEval/33)
+    try:
+        check(candidate)
+    except Stop:
+        raise
+    except Exception as e:  # a failed assert, or a test that could not use what the program returned
+        line = next((frame.tb_lineno for frame in _frames(e.__traceback__)
+                     if frame.tb_frame.f_code.co_filename == "<tests>"), None)
+        return Verdict("failed", line, f"{type(e).__name__} at line {line} of the tests"
+                                       + (f", after {len(calls)} calls" if calls else ""))
+    return Verdict("passed")
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def same_output(got: str, expected: str, float_tol: float | None = None) -> bool:
+    """Is a program's standard output the expected one? Lines compared after stripping, blank lines at
+    either end ignored; a line that differs may still match token by token (split on whitespace), each
+    pair equal as text or as numbers: within float_tol, or equal as decimals when float_tol is None."""
+    got_lines, expected_lines = got.strip().split("\n"), expected.strip().split("\n")
+    if len(got_lines) != len(expected_lines):
+        return False
+    for a, b in zip(got_lines, expected_lines):
+        a, b = a.strip(), b.strip()
+        if a == b:
+            continue
+        tokens_a, tokens_b = a.split(), b.split()
+        if len(tokens_a) != len(tokens_b):
+            return False
+        if not all(x == y or _same_number(x, y, float_tol) for x, y in zip(tokens_a, tokens_b)):
+            return False
+    return True
+
+
+def _same_number(a: str, b: str, float_tol: float | None) -> bool:
+    try:
+        x, y = Decimal(a), Decimal(b)
+    except InvalidOperation:
+        return False
+    if not (x.is_finite() and y.is_finite()):
+        return False
+    if float_tol is None:
+        return x == y
+    return abs(float(x) - float(y)) <= float_tol * max(1.0, abs(float(y)))
+
+
+def _same_value(got, expected) -> bool:
+    """A call's result against the expected value: equal, with floats compared to 1e-9 relative (as
+    LiveCodeBench's LeetCode checker allows for rounding), and a tuple equal to the list it prints as."""
+    if isinstance(got, float) or isinstance(expected, float):
+        return (isinstance(got, (int, float)) and isinstance(expected, (int, float))
+                and not isinstance(got, bool) and abs(got - expected) <= 1e-9 * max(1.0, abs(expected)))
+    if isinstance(got, (list, tuple)) and isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(map(_same_value, got, expected))
+    return type(got) is type(expected) and got == expected
+
+
+def _short(text: str, n: int = 80) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+# ---------------------------------------------------------------------------------------------
+# The sandbox
+# ---------------------------------------------------------------------------------------------
+
+_warned = False
+
+
+@functools.lru_cache(maxsize=None)
+def _python() -> str:
+    """The interpreter that runs programs: this one's base (not a virtualenv's link), or, when the
+    sandbox's user cannot read it (root's home, say), the system's /usr/bin/python3."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o005 == 0o005 for p in _parents(base)):
+        return base
+    if os.path.exists("/usr/bin/python3"):
+        print(f"verify_code: the sandbox runs as uid {NOBODY}, which cannot reach {base}; programs run "
+              f"under /usr/bin/python3", file=sys.stderr)
+        return "/usr/bin/python3"
+    raise SandboxUnavailable(f"the sandbox runs as uid {NOBODY}, which cannot reach {base}, and there is no "
+                             f"/usr/bin/python3; install Python where every user can read it")
+
+
+def _parents(path: str) -> list[str]:
+    parts = Path(path).parents
+    return [str(p) for p in parts if str(p) != "/"]
+
+
+@functools.lru_cache(maxsize=None)
+def _bwrap_args() -> tuple[str, ...]:
+    """bwrap's arguments, up to the program: the mounts and namespaces the docstring promises."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = str(Path(_python()).parents[1])  # <prefix>/bin/python
+    if not prefix.startswith("/usr/"):
+        args += ["--ro-bind", prefix, prefix]
+    return tuple(args)
+
+
+@functools.lru_cache(maxsize=None)
+def check_sandbox(mode: str = "bwrap"):
+    """Refuse to grade where the sandbox cannot run (SandboxUnavailable, saying how to install it); in
+    "process" mode, warn once that programs are not isolated."""
+    global _warned
+    if mode == "process":
+        if not _warned:
+            warnings.warn("verify_code: sandbox='process': programs run as plain child processes, with limits "
+                          "but with the machine's files, network and processes in reach", stacklevel=3)
+            _warned = True
+        return
+    if mode != "bwrap":
+        raise ValueError(f"sandbox is {mode!r}; expected 'bwrap' or 'process'")
+    how = ("install bubblewrap (Debian/Ubuntu: apt-get install -y bubblewrap; Fedora: dnf install bubblewrap), "
+           "or grade with sandbox='process' (weaker: no isolation from the machine)")
+    if shutil.which("bwrap") is None:
+        raise SandboxUnavailable(f"the code grader's sandbox needs bubblewrap, and bwrap is not on PATH: {how}")
+    probe = subprocess.run([*_bwrap_args(), _python(), "-I", "-S", "-c", "print(6 * 7)"], capture_output=True,
+                           text=True, env={}, timeout=30, **_drop_root())
+    if probe.stdout.strip() != "42":
+        raise SandboxUnavailable(
+            f"bwrap is installed but could not start a sandbox ({probe.stderr.strip()[-300:]}); the kernel "
+            f"may refuse unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
+            f"kernel.apparmor_restrict_unprivileged_userns=0); otherwise {how}")
+
+
+def _drop_root() -> dict:
+    """Popen's arguments that make a root grader's sandbox run as nobody: the kernel does not count
+    root's processes against a process limit."""
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+class Sandbox:
+    """One harness process (`serve`) in a fresh sandbox, asked one JSON line at a time. The grader's
+    side: every wait has a deadline, every read a cap, and leaving kills everything it started."""
+
+    def __init__(self, mode: str = "bwrap"):
+        check_sandbox(mode)
+        self.mode, self.tmp = mode, None
+        if mode == "bwrap":
+            command = [*_bwrap_args(), _python()]
+        else:  # the same harness, in a directory of its own, without the isolation
+            self.tmp = tempfile.mkdtemp(prefix="verify_code_")
+            command = [_python()]
+        command += ["-I", "-S", "-c", _harness_source(), "--serve", json.dumps(self.limits())]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                                     cwd=self.tmp or "/", start_new_session=True, **_drop_root())
+        self.started = time.monotonic()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self.selector.register(self.proc.stderr, selectors.EVENT_READ)
+        self.buffer, self.errors = b"", b""
+
+    def limits(self) -> dict:
+        return {"cpu_s": CPU_S, "memory": MEMORY_BYTES, "processes": PROCESSES, "file": FILE_BYTES,
+                "open_files": OPEN_FILES, "output": OUTPUT_BYTES, "tmp": self.tmp or "/tmp"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for kill in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
+            try:
+                kill()
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()
+        self.selector.close()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def call(self, args: list, test: int):
+        """The program's function on args (a call-form test, or one call of HumanEval's check)."""
+        return decode(self.ask({"args": encode(args)}, test)["result"])
+
+    def ask(self, message: dict, test: int | None) -> dict:
+        """Send one request, wait for its reply within the test's deadline; a reply that reports the
+        program's failure, or none at all, raises Stop with the verdict."""
+        try:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the harness is gone: the read below says how it ended
+        deadline = min(time.monotonic() + WALL_S, self.started + TOTAL_S)
+        line = self._read_line(deadline, test)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise Stop(Verdict("runtime_error", test, f"the harness's reply is not JSON: {_short(line)}"))
+        if not isinstance(reply, dict):
+            raise Stop(Verdict("runtime_error", test, f"the harness's reply is {_short(line)}"))
+        if "error" in reply:
+            status = reply.get("status") if reply.get("status") in ("failed", "refused", "timeout") else "runtime_error"
+            raise Stop(Verdict(status, test, str(reply["error"])[:500]))
+        return reply
+
+    def _read_line(self, deadline: float, test: int | None) -> str:
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Stop(Verdict("timeout", test, f"no answer within {WALL_S:g} s of a test "
+                                                    f"({TOTAL_S:g} s in all)"))
+            for key, _ in self.selector.select(left):
+                chunk = os.read(key.fileobj.fileno(), 1 << 16)
+                if not chunk:
+                    self.selector.unregister(key.fileobj)
+                    if key.fileobj is self.proc.stdout:
+                        raise Stop(self._ended(test))
+                elif key.fileobj is self.proc.stdout:
+                    self.buffer += chunk
+                else:
+                    self.errors = (self.errors + chunk)[-4096:]
+            if len(self.buffer) > 4 * OUTPUT_BYTES + 4096:  # JSON escapes can quadruple the output
+                raise Stop(Verdict("refused", test, f"a reply longer than {OUTPUT_BYTES} bytes of output"))
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def _ended(self, test: int | None) -> Verdict:
+        """The verdict when the harness's output closes before it answered: it exited or was killed."""
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        said = self.errors.decode("utf-8", "replace").strip()[-300:]
+        if code is not None and code < 0 and -code in (signal.SIGXCPU,):
+            return Verdict("timeout", test, f"more than {CPU_S} s of CPU time")
+        if code is not None and code < 0 and -code in (signal.SIGXFSZ, signal.SIGKILL, signal.SIGSEGV):
+            return Verdict("refused", test, f"killed by {signal.Signals(-code).name} (a limit) {said}".strip())
+        return Verdict("runtime_error", test, f"the program ended before answering (exit status {code}) "
+                                              f"{said}".strip())
+
+
+@functools.lru_cache(maxsize=None)
+def _harness_source() -> str:
+    """This file's text, run in the sandbox as `python -c ... --serve`: the harness imports nothing
+    from the grader's environment."""
+    return f"__file__ = {__file__!r}\n" + Path(__file__).read_text(encoding="utf-8")  # -c has no __file__
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain data across the boundary
+# ---------------------------------------------------------------------------------------------
+
+MAX_DEPTH = 100
+
+
+def encode(value, depth: int = 0):
+    """A value of plain data as JSON-able data, with tuples, sets, dicts, bytes and complex tagged;
+    TypeError for anything else (an object whose __eq__ might lie)."""
+    kind = type(value)
+    if depth > MAX_DEPTH:
+        raise TypeError("nested too deeply")
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is list:
+        return [encode(v, depth + 1) for v in value]
+    if kind in (tuple, set, frozenset):
+        return {kind.__name__: [encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.decode("latin-1")}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
+    raise TypeError(f"a value of type {kind.__name__}, not plain data")
+
+
+def decode(data, depth: int = 0):
+    """encode's inverse, building only plain data whatever `data` holds; ValueError when malformed."""
+    if depth > MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is list:
+        return [decode(v, depth + 1) for v in data]
+    if type(data) is dict and len(data) == 1:
+        (tag, body), = data.items()
+        if tag in ("tuple", "set", "frozenset") and type(body) is list:
+            items = [decode(v, depth + 1) for v in body]
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        if tag == "dict" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
+            return {decode(k, depth + 1): decode(v, depth + 1) for k, v in body}
+        if tag == "bytes" and type(body) is str:
+            return body.encode("latin-1")
+        if tag == "complex" and type(body) is list and len(body) == 2:
+            return complex(*map(float, body))
+    raise ValueError(f"not encoded plain data: {str(data)[:80]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The harness: runs inside the sandbox, the only code there that is not the program
+# ---------------------------------------------------------------------------------------------
+
+def serve():
+    """Set the limits, read the job, then answer requests on the grader's pipe, one JSON line each.
+    The program gets /dev/null as standard input and a file in /tmp as its output, so it cannot read
+    requests or write replies by accident; on purpose it can only send plain data, or nothing."""
+    import resource
+    import traceback
+
+    limits = json.loads(sys.argv[2])
+    for name, value in (("RLIMIT_CPU", limits["cpu_s"]), ("RLIMIT_AS", limits["memory"]),
+                        ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_FSIZE", limits["file"]),
+                        ("RLIMIT_NOFILE", limits["open_files"]), ("RLIMIT_CORE", 0)):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    requests, replies = os.fdopen(os.dup(0), "rb"), os.dup(1)
+    tmp = limits["tmp"]
+    out, err = os.path.join(tmp, ".stdout"), os.path.join(tmp, ".stderr")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
+    os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+
+    def reply(message):
+        data = json.dumps(message).encode() + b"\n"
+        while data:
+            data = data[os.write(replies, data):]
+
+    def failure(e):
+        """The error message of an exception raised by the program, and whether a limit refused it."""
+        refused = isinstance(e, (MemoryError, BlockingIOError, PermissionError)) or (
+            isinstance(e, OSError) and e.errno in (1, 11, 13, 27, 30, 101))  # EPERM EAGAIN EACCES EFBIG EROFS ENETUNREACH
+        line = traceback.format_exception_only(type(e), e)[-1].strip()
+        return {"error": line, **({"status": "refused"} if refused else {})}
+
+    job = json.loads(requests.readline())
+    try:
+        code = compile(job["program"], "<program>", "exec")
+    except (SyntaxError, ValueError) as e:
+        reply(failure(e))
+        return
+    if job["form"] == "stdio":
+        reply({})
+        for line in requests:
+            reply(_run_stdio(code, json.loads(line)["input"], tmp, limits["output"], out, err))
+        return
+    space = {"__name__": "solution"}  # not __main__: a program's own `if __name__ == "__main__"` demo stays off
+    try:
+        exec(code, space)
+        function = _entry(space, job["entry"])
+    except BaseException as e:  # SystemExit too: a program that exits has no function to call
+        reply(failure(e) if isinstance(e, Exception) else {"error": f"the program exited ({type(e).__name__})"})
+        return
+    reply({})
+    for line in requests:
+        try:
+            result = function(*decode(json.loads(line)["args"]))
+        except BaseException as e:
+            reply(failure(e) if isinstance(e, Exception) else {"error": f"the program exited ({type(e).__name__})"})
+            return
+        try:
+            reply({"result": encode(result)})
+        except TypeError as e:  # an object that could answer any comparison: a wrong answer, not a crash
+            reply({"error": f"returned {e}", "status": "failed"})
+            return
+
+
+def _entry(space: dict, entry: str):
+    """The function the tests call: a name defined by the program, or Class.method of a fresh instance."""
+    owner, _, method = entry.rpartition(".")
+    if owner:
+        return getattr(space[owner](), method)
+    return space[entry]
+
+
+def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict:
+    """Run the compiled program once in a forked child on `given` as standard input; its output, or why
+    it has none. The child starts from the harness's state, so no run sees another's."""
+    import traceback
+
+    source = os.path.join(tmp, ".stdin")
+    with open(source, "w", encoding="utf-8") as f:
+        f.write(given)
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            os.dup2(os.open(source, os.O_RDONLY), 0)
+            os.dup2(os.open(out, os.O_WRONLY | os.O_TRUNC), 1)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_TRUNC), 2)
+            sys.stdin = open(0, encoding="utf-8", closefd=False)
+            sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+            exec(code, {"__name__": "__main__"})
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException as e:
+            traceback.print_exception(type(e), e, e.__traceback__)
+            status = 2 if isinstance(e, MemoryError) else 1
+        finally:
+            try:
+                sys.stdout.flush()
+            except BaseException:
+                status = status or 1
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    with open(err, "rb") as f:
+        said = codecs.decode(f.read()[-300:], "utf-8", "replace").strip()
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return {"error": "more than its CPU time", "status": "timeout"}
+        return {"error": f"killed by {signal.Signals(sig).name} {said}".strip(), "status": "refused"}
+    code_ = os.WEXITSTATUS(status)
+    if code_ != 0:
+        refused = "MemoryError" in said or "BlockingIOError" in said or "PermissionError" in said
+        return {"error": f"exit status {code_}: {said}", **({"status": "refused"} if refused else {})}
+    with open(out, "rb") as f:
+        output = f.read(cap + 1)
+    if len(output) > cap:
+        return {"error": f"more than {cap} bytes of output", "status": "refused"}
+    return {"output": output.decode("utf-8", "replace")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks' rows as tests: {"id", "problem" (the prompt, with its instruction), "answer" (the
+# id, what eval.py writes beside each sample), "tests"}
+# ---------------------------------------------------------------------------------------------
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CODE_BENCHMARKS = {"humaneval": str(DATA_DIR / "HumanEval.jsonl.gz"),
+                   "livecodebench": "livecodebench/code_generation_lite", "codeforces": "BAAI/TACO"}
+LCB_WINDOW = ("2024-08-01", "2025-02-01")  # the paper's LiveCodeBench release window: 279 problems
+HELD_OUT = 500  # Codeforces problems of TACO's train split held out for evaluation
+HELD_OUT_SEED = 0
+FUNCTION_SUFFIX = ("Write the complete function in Python, with the imports it needs, in one fenced code block "
+                   "(```python ... ```) at the end of your answer.")
+STDIO_SUFFIX = ("Write a Python program that reads the input from standard input and writes the answer to "
+                "standard output, in one fenced code block (```python ... ```) at the end of your answer.")
+
+
+def code_rows(name: str, source: str = "", limit: int = 0) -> list[dict]:
+    """The rows of a code benchmark (CODE_BENCHMARKS) from its file or hub dataset, or `source` (a
+    local .jsonl in the hub's form: the tests' fixtures)."""
+    source = source or CODE_BENCHMARKS[name]
+    if name == "humaneval":
+        rows = humaneval(source)
+    elif name == "livecodebench":
+        rows = livecodebench(_hub_rows(source, "test"))
+    elif name == "codeforces":
+        rows = taco(_hub_rows(source, "train"), held_out=True)
+    else:
+        raise ValueError(f"unknown code benchmark {name!r}; choose from {', '.join(CODE_BENCHMARKS)}")
+    return rows[:limit or None]
+
+
+def humaneval(path: str = CODE_BENCHMARKS["humaneval"]) -> list[dict]:
+    """HumanEval's 164 problems (OpenAI's HumanEval.jsonl.gz), each with its canonical solution as a
+    response ("solution"): the function's prompt, completed by the model, checked by `check`."""
+    import gzip
+
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for i, r in enumerate(lines):
+        missing = [k for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point") if not r.get(k)]
+        if missing:
+            raise ValueError(f"{path}, row {i}: field {missing[0]!r} is missing or empty")
+        rows.append({"id": r["task_id"], "answer": r["task_id"],
+                     "problem": f"```python\n{r['prompt']}```\n{FUNCTION_SUFFIX}",
+                     "tests": {"form": "assert", "prelude": r["prompt"], "test": r["test"], "entry": r["entry_point"]},
+                     "solution": f"```python\n{r['prompt']}{r['canonical_solution']}```"})
+    return rows
+
+
+def taco(hub_rows, held_out: bool | None = None) -> list[dict]:
+    """TACO's problems as tests: standard input and output, or calls of fn_name (compared as APPS does:
+    the result, or the first item of an expected list). held_out: only the HELD_OUT Codeforces problems
+    drawn with HELD_OUT_SEED (True), or every other problem (False, for training); None: all. Rows
+    without tests are dropped and counted."""
+    import random
+
+    rows, dropped = [], 0
+    for i, r in enumerate(hub_rows):
+        tests = _taco_tests(r.get("input_output"), i)
+        if tests is None:
+            dropped += 1
+            continue
+        suffix = FUNCTION_SUFFIX if tests["form"] == "call" else STDIO_SUFFIX
+        starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
+        rows.append({"id": r.get("url") or f"taco-{i}", "answer": r.get("url") or f"taco-{i}",
+                     "problem": f"{r['question']}{starter}\n{suffix}", "tests": tests,
+                     "codeforces": "codeforces" in str(r.get("source", "")).lower()})
+    if dropped:
+        print(f"TACO: {dropped} rows without tests dropped of {len(rows) + dropped}", file=sys.stderr)
+    if held_out is not None:
+        codeforces = [i for i, r in enumerate(rows) if r["codeforces"]]
+        drawn = set(random.Random(HELD_OUT_SEED).sample(codeforces, min(HELD_OUT, len(codeforces))))
+        rows = [r for i, r in enumerate(rows) if (i in drawn) == held_out]
+    return rows
+
+
+def _taco_tests(spec, i: int) -> dict | None:
+    """A TACO row's input_output (a JSON string) as tests; None when it holds none."""
+    try:
+        io = json.loads(spec) if isinstance(spec, str) else spec
+        inputs, outputs = io["inputs"], io["outputs"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not inputs or len(inputs) != len(outputs):
+        return None
+    if io.get("fn_name"):
+        return {"form": "call", "entry": io["fn_name"], "cases": [list(c) for c in zip(inputs, outputs)],
+                "first_of_list": True}
+    lines = [(a if isinstance(a, str) else "\n".join(map(str, a)), b if isinstance(b, str) else "\n".join(map(str, b)))
+             for a, b in zip(inputs, outputs)]
+    return {"form": "stdio", "cases": lines, "float_tol": 1e-5}
+
+
+def livecodebench(hub_rows, window: tuple[str, str] = LCB_WINDOW) -> list[dict]:
+    """LiveCodeBench's problems whose contest_date falls in [start, end) as tests: public and private
+    cases, standard input and output (numbers equal as decimals), or calls of Solution.<func_name>."""
+    rows = []
+    for i, r in enumerate(hub_rows):
+        if not window[0] <= str(r.get("contest_date", ""))[:10] < window[1]:
+            continue
+        cases = _lcb_cases(r.get("public_test_cases"), i) + _lcb_cases(r.get("private_test_cases"), i)
+        if not cases:
+            raise ValueError(f"LiveCodeBench row {i} ({r.get('question_id')}): no test cases")
+        starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
+        if cases[0].get("testtype") == "functional":
+            entry = "Solution." + json.loads(r.get("metadata") or "{}").get("func_name", "")
+            tests = {"form": "call", "entry": entry,
+                     "cases": [[[json.loads(a) for a in c["input"].split("\n")], json.loads(c["output"])]
+                               for c in cases]}
+        else:
+            tests = {"form": "stdio", "cases": [[c["input"], c["output"]] for c in cases], "float_tol": None}
+        rows.append({"id": r["question_id"], "answer": r["question_id"], "tests": tests,
+                     "problem": f"{r['question_content']}{starter}\n"
+                                f"{FUNCTION_SUFFIX if tests['form'] == 'call' else STDIO_SUFFIX}"})
+    return rows
+
+
+def _lcb_cases(spec, i: int) -> list[dict]:
+    """Test cases from LiveCodeBench's JSON, or from its compressed form (base64 of zlib of a pickled
+    JSON string), unpickled with every class refused: the hub's bytes never run."""
+    import base64
+    import io
+    import pickle
+    import zlib
+
+    class PlainOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"refused {module}.{name}")
+    if not spec:
+        return []
+    try:
+        return json.loads(spec)
+    except ValueError:
+        pass
+    try:
+        text = PlainOnly(io.BytesIO(zlib.decompress(base64.b64decode(spec)))).load()
+        return json.loads(text)
+    except Exception as e:
+        raise ValueError(f"LiveCodeBench row {i}: unreadable test cases ({type(e).__name__}: {e})")
+
+
+def _hub_rows(source: str, split: str):
+    """A hub dataset's split, or a local .jsonl in its form (row by row, as the hub gives them)."""
+    if source.endswith(".jsonl"):
+        with open(source, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    import datasets
+
+    return datasets.load_dataset(source, split=split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def main(argv: list[str]):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="say whether the sandbox can run here")
+    p.add_argument("--humaneval", action="store_true", help="grade HumanEval's canonical solutions")
+    p.add_argument("--sandbox", choices=("bwrap", "process"), default="bwrap")
+    args = p.parse_args(argv)
+    try:
+        check_sandbox(args.sandbox)
+    except SandboxUnavailable as e:
+        sys.exit(f"verify_code.py: {e}")
+    print(f"sandbox {args.sandbox}: ready (programs run under {_python()})")
+    if args.humaneval:
+        rows = humaneval()
+        start = time.perf_counter()
+        verdicts = grade_many([(r["solution"], r["tests"]) for r in rows], args.sandbox)
+        seconds = time.perf_counter() - start
+        bad = [(r["id"], v) for r, v in zip(rows, verdicts) if not v.passed]
+        print(f"{len(rows) - len(bad)} of {len(rows)} pass in {seconds:.1f} s")
+        for name, v in bad:
+            print(f"  {name}: {v.status} {v.detail}")
+
+
+if __name__ == "__main__":
+    serve() if sys.argv[1:2] == ["--serve"] else main(sys.argv[1:])
