@@ -5,6 +5,7 @@ SCOPE against the paper's baselines and ablations on a toy world, over world bui
   python bench/ablations.py --world premises --variants scope,no_dpaw --builds 0,1 --seeds 0
   python bench/ablations.py --world demo --report                        # the tables of what finished; trains nothing
   python bench/ablations.py --claims                                     # the paper's claims, every world measured
+  python bench/ablations.py --pages                                      # the docs' numbers, rewritten from the results
 
 One run is trained on a world with one training seed and measured on the world's held-out problems. A
 toy world is chaotic: any change of thread count, world build or code path that touches a sampled
@@ -35,6 +36,8 @@ Files:
                                diagnostics averaged over the run's steps so far, the weights' hash, threads.
                                Kept in the repository: a later session reports and resumes from it.
   bench/results/<world>.md     the report (also printed): tables, paired differences, claims
+  README.md, docs/weights.md, bench/README_ablations.md: their regions between <!-- generated: NAME --> and
+                               <!-- end -->, rewritten by --pages (tests/test_docs.py checks they are current)
   runs/ablations/<world>/build<k>/<variant>/seed<s>/   the training runs (metrics.jsonl, checkpoints)
   runs/ablations/<world>/accuracy.png, pass_at_k.png
 A rerun resumes: finished results are read back, unfinished runs continue with --resume auto (rerun with
@@ -46,6 +49,7 @@ repository root: the worlds' configs name their files relative to it.
 import argparse
 import json
 import math
+import re
 import signal
 import statistics
 import sys
@@ -466,13 +470,20 @@ def untestable(results: list[dict], about: str | None) -> str:
     return "; ".join(reasons) if len(reasons) == (2 if about == "either" else 1) else ""
 
 
+def claim_intervals(results: list[dict], claim: tuple) -> list[tuple]:
+    """(other, metric, differences, interval) for each comparison of a claim: its variant minus the other, paired
+    at the last step."""
+    _, _, variant, comparisons, _ = claim
+    last = max(r["step"] for r in results)
+    return [(other, key, d, paired(d)) for other, key in comparisons
+            for d in [differences(results, variant, other, last, key)]]
+
+
 def verdict(results: list[dict], claim: tuple) -> tuple[str, str]:
     """(word, evidence) for one claim in one world's results: reproduced / not reproduced / inconclusive /
     not testable / not run, and the paired interval of the claim's variant minus each comparison at the last step."""
-    _, _, variant, comparisons, about = claim
-    last = max(r["step"] for r in results)
-    intervals = [(other, key, d, paired(d)) for other, key in comparisons
-                 for d in [differences(results, variant, other, last, key)]]
+    variant, about, last = claim[2], claim[4], max(r["step"] for r in results)
+    intervals = claim_intervals(results, claim)
     evidence = "; ".join(f"{variant} - {other}, {key.capitalize()} step {last}: {interval_text(i, len(d))}"
                          + (f" ({len(d)} pairs)" if i else "") for other, key, d, i in intervals)
     if reason := untestable(results, about):
@@ -497,6 +508,153 @@ def claims_table(by_world: dict[str, list[dict]], full: bool) -> str:
             cells.append(f"{word}: {evidence}" if full else word)
         lines.append(f"| {claim[0]} | {claim[1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def claims_brief(by_world: dict[str, list[dict]]) -> str:
+    """Markdown: per claim, each world's word and the intervals it rests on (the claim's variant minus each
+    comparison, Avg@8 unless said, at the last step) with their number of pairs: the front page's table."""
+    worlds = [w for w, results in by_world.items() if results]
+    lines = ["| claim | " + " | ".join(worlds) + " |", "|---|" + "---|" * len(worlds)]
+    for claim in CLAIMS:
+        cells = []
+        for w in worlds:
+            word = verdict(by_world[w], claim)[0].split(" (")[0]
+            cells.append(f"{word}: " + "; ".join(
+                f"{claim[2]} - {other} {interval_text(i, len(d))}" + ("" if key == f"avg@{SAMPLES}" else
+                                                                      f" {key.capitalize()}")
+                + (f" ({len(d)} pairs)" if i else "") for other, key, d, i in claim_intervals(by_world[w], claim)))
+        lines.append(f"| {claim[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def span(values: list[int]) -> str:
+    """'0-2' for consecutive integers, '0' for one, '0, 2' otherwise."""
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def coverage(results: list[dict]) -> str:
+    """Which variants finished the last step over which builds x seeds, and how many runs each."""
+    last = max(r["step"] for r in results)
+    groups: dict[tuple, list[str]] = {}
+    for v in VARIANTS:
+        runs = sorted({(r["build"], r["seed"]) for r in results if r["variant"] == v and r["step"] == last})
+        if runs:
+            key = (tuple(sorted({b for b, _ in runs})), tuple(sorted({s for _, s in runs})), len(runs))
+            groups.setdefault(key, []).append(v)
+    return "; ".join(f"{', '.join(vs)} over builds {span(list(b))} x seeds {span(list(s))} ({n} runs each)"
+                     for (b, s, n), vs in groups.items())
+
+
+def minus_scope_table(results: list[dict]) -> str:
+    """Markdown: SCOPE minus each variant (the claims' sign: > 0 is SCOPE ahead), and routing alone (no_dpaw -
+    opd_g8), paired, mean [95% t-interval], on Avg@8 at each eval step after 0 and Pass@8 at the last."""
+    steps = sorted({r["step"] for r in results} - {0})
+    columns = [(f"Avg@{SAMPLES} step {s}", s, f"avg@{SAMPLES}") for s in steps]
+    columns += [(f"Pass@{SAMPLES} step {steps[-1]}", steps[-1], f"pass@{SAMPLES}")]
+    lines = ["| comparison | pairs | " + " | ".join(c[0] for c in columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for a, b in [("scope", v) for v in VARIANTS if v != "scope"] + [("no_dpaw", "opd_g8")]:
+        if pairs := len(differences(results, a, b, steps[-1], f"avg@{SAMPLES}")):
+            lines.append(f"| {a} - {b} | {pairs} | " + " | ".join(
+                interval_text(paired(d), len(d)) for _, s, key in columns for d in [differences(results, a, b, s, key)])
+                         + " |")
+    return "\n".join(lines)
+
+
+def by_seeds_table(results: list[dict]) -> str:
+    """Markdown: each claim's intervals at the last step over the first seed, the first two, ...: what each
+    further seed changed."""
+    last, seeds = max(r["step"] for r in results), sorted({r["seed"] for r in results})
+    firsts = [seeds[:n] for n in range(1, len(seeds) + 1)]
+    lines = ["| comparison | " + " | ".join(f"seeds {span(s)}" if len(s) > 1 else f"seed {s[0]}" for s in firsts)
+             + " |", "|---|" + "---:|" * len(firsts)]
+    for _, _, variant, comparisons, _ in CLAIMS:
+        for other, key in comparisons:
+            cells, pairs = [], 0
+            for first in firsts:
+                d = differences([r for r in results if r["seed"] in first], variant, other, last, key)
+                cells.append(f"{interval_text(paired(d), len(d))} ({len(d)})" if len(d) > pairs else "no further pairs")
+                pairs = len(d)
+            if pairs:
+                lines.append(f"| {variant} - {other}, {key.capitalize()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_at(results: list[dict], variant: str, step: int, key: str) -> float | None:
+    values = [r[key] for r in results if r["variant"] == variant and r["step"] == step and key in r]
+    return statistics.mean(values) if values else None
+
+
+def findings(results: list[dict]) -> str:
+    """Markdown: one world's results as docs/weights.md states them: what ran, SCOPE minus each variant, the
+    intervals seed by seed, and SCOPE's accuracy, routes and weights (means over runs)."""
+    last, avg = max(r["step"] for r in results), f"avg@{SAMPLES}"
+    builds = sorted({r["build"] for r in results})
+    ends = {v: m for v in VARIANTS if (m := mean_at(results, v, last, avg)) is not None}
+    per_build = [statistics.mean(r[avg] for r in results if r["variant"] == "scope" and r["step"] == last
+                                 and r["build"] == b) for b in builds]
+    lines = [f"- Ran: {coverage(results)}.",
+             f"- SCOPE's Avg@{SAMPLES}: {mean_at(results, 'scope', 0, avg):.3f} at step 0, {ends['scope']:.3f} at "
+             f"step {last} (builds {', '.join(map(str, builds))}: {' / '.join(f'{x:.3f}' for x in per_build)}); at "
+             f"step {last} the highest variant is {max(ends, key=ends.get)} ({max(ends.values()):.3f}), the lowest "
+             f"{min(ends, key=ends.get)} ({min(ends.values()):.3f})."]
+    if mean_at(results, "scope", last, f"{avg} unreliable") is not None:
+        lines.append(f"- SCOPE's Avg@{SAMPLES} on the teacher-unreliable problems: " + ", then ".join(
+            f"{mean_at(results, 'scope', s, avg + ' unreliable'):.3f} (the rest "
+            f"{mean_at(results, 'scope', s, avg + ' reliable'):.3f}) at step {s}" for s in (0, last)) + ".")
+    routes = {v: m for v in ends if (m := mean_at(results, v, last, "unlikely_route")) is not None}
+    if routes:
+        lines.append(f"- The unlikely route's share of the held-out samples: "
+                     f"{mean_at(results, 'scope', 0, 'unlikely_route'):.3f} at step 0; at step {last}, "
+                     f"{min(routes.values()):.3f} ({min(routes, key=routes.get)}) to {max(routes.values()):.3f} "
+                     f"({max(routes, key=routes.get)}) over the variants.")
+    runs = [r["training"] for r in results if r["variant"] == "scope" and r["step"] == last]
+    weight = {k: statistics.mean(m[k] for m in runs) for k in DIAGNOSTICS if runs and all(k in m for m in runs)}
+    uniform = [r["training"] for r in results if r["variant"] == "no_teacher_weight" and r["step"] == last]
+    if "ess_mle" in weight:
+        lines.append(f"- SCOPE's weights, averaged over each run's steps: ess_mle {weight['ess_mle']:.3f}, ess_opd "
+                     f"{weight['ess_opd']:.3f}.")
+    if weight.get("opd_unreliable_prompts"):
+        lines.append(f"- In prompts whose wrong rollouts are of both kinds, the teacher-unreliable ones are "
+                     f"{weight['opd_unreliable_count']:.3f} of the wrong rollouts and get "
+                     f"{weight['opd_unreliable_weight']:.3f} of SCOPE's reverse-KL weight"
+                     + (f" (no_teacher_weight: {statistics.mean(m['opd_unreliable_weight'] for m in uniform):.3f} of "
+                        f"both)" if uniform else "") + ".")
+    if weight.get("mle_unlikely_prompts"):
+        lines.append(f"- In prompts whose correct rollouts take both routes, the unlikely route holds "
+                     f"{weight['mle_unlikely_count']:.3f} of the correct rollouts and gets "
+                     f"{weight['mle_unlikely_weight']:.3f} of SCOPE's MLE weight.")
+    return ("\n".join(lines) + f"\n\nSCOPE minus each variant (> 0: SCOPE ahead), and routing alone, weights uniform "
+            f"(no_dpaw - opd_g8); paired by build and seed, mean [95% t-interval over the pairs]:\n\n"
+            f"{minus_scope_table(results)}\n\nThe claims' intervals at step {last} over the first seeds only (pairs "
+            f"in brackets), to show what each further seed changed:\n\n{by_seeds_table(results)}")
+
+
+# -----------------------------------------------------------------------------
+# The pages: the regions of README.md, docs/weights.md and bench/README_ablations.md written from bench/results
+
+PAGES = [ROOT / "README.md", ROOT / "docs" / "weights.md", ROOT / "bench" / "README_ablations.md"]
+REGION = re.compile(r"<!-- generated: ([\w.-]+) -->\n.*?<!-- end -->", re.S)
+
+
+def fragments(results_dir: Path) -> dict[str, str]:
+    """Each region a page may hold, by name, rendered from the results files in `results_dir`."""
+    by_world = {w: read_jsonl(results_dir / f"{w}.jsonl") for w in toy.WORLDS}
+    done = {w: results for w, results in by_world.items() if results}
+    return {"claims": claims_brief(done), "claims-full": claims_table(done, full=True),
+            "coverage": "\n".join(f"- {w}: {coverage(results)}." for w, results in done.items()),
+            **{f"findings-{w}": findings(results) for w, results in done.items()}}
+
+
+def render_page(page: Path, parts: dict[str, str]) -> str:
+    """The page's text with each generated region rewritten from `parts`; a region of no known name is refused."""
+    def fill(match: re.Match) -> str:
+        if match[1] not in parts:
+            fail(f"{page}: a generated region is named {match[1]!r}; bench/ablations.py writes "
+                 f"{', '.join(sorted(parts))}")
+        return f"<!-- generated: {match[1]} -->\n\n{parts[match[1]]}\n\n<!-- end -->"
+    return REGION.sub(fill, page.read_text())
 
 
 # -----------------------------------------------------------------------------
@@ -568,6 +726,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                          "(all builds and seeds in it): train and measure nothing")
     p.add_argument("--claims", action="store_true", help="only print the claims table over every world with results "
                                                          "beside --results (bench/results/<world>.jsonl), and exit")
+    p.add_argument("--pages", action="store_true", help="only rewrite the generated regions of README.md, "
+                                                        "docs/weights.md and bench/README_ablations.md from the "
+                                                        "results beside --results, and exit")
     p.add_argument("--check-rebuild", action="store_true", help="only build the first of --builds again in a "
                                                                 "temporary directory and say if its weights are the "
                                                                 "same bits, and exit")
@@ -614,6 +775,11 @@ def main(argv: list[str]) -> list[dict]:
         by_world = {w: read_jsonl(args.results.parent / f"{w}.jsonl") for w in toy.WORLDS}
         print(claims_table(by_world, full=False) + "\n\n" + claims_table(by_world, full=True) if any(by_world.values())
               else f"no results in {args.results.parent}")
+        return []
+    if args.pages:
+        parts = fragments(args.results.parent)
+        for page in PAGES:
+            page.write_text(render_page(page, parts))
         return []
     if args.check_rebuild:
         check_rebuild(args.world, args.builds[0], args.rebuilds)
