@@ -531,14 +531,14 @@ def rollout_labeller(spec: str):
     return label
 
 
-def gather_rollouts(infos: list[dict], ro, correct, group, world: int, labels: dict[str, torch.Tensor]) -> dict:
-    """One entry per rollout of the whole step (every rank): the `scope_loss` infos, verdicts, truncation,
-    and the rollout labeller's labels (`rollout_labeller`; none without one)."""
-    roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu()
-            for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens")}
-    roll.update(labels, correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(),
-                loss_mle=sum(i["loss_mle"] for i in infos).reshape(1).cpu(),
-                loss_opd=sum(i["loss_opd"] for i in infos).reshape(1).cpu())
+def gather_rollouts(infos: list[dict], ro, correct, group, scored, world: int, labels: dict[str, torch.Tensor]) -> dict:
+    """One entry per rollout of the whole step (every rank): the objective's per-rollout infos (`scope_loss`'s, or a
+    baseline's), its path losses (`loss_*`), verdicts, truncation, which rollouts the teacher scored (`scored`), and
+    the rollout labeller's labels (`rollout_labeller`; none without one)."""
+    keys = [k for k in ("weight", "mle", "nll_student", "nll_teacher", "kl_sum", "n_tokens", "advantage") if k in infos[0]]
+    roll = {k: torch.cat([i[k].reshape(-1) for i in infos]).cpu() for k in keys}
+    roll.update({k: sum(i[k] for i in infos).reshape(1).cpu() for k in infos[0] if k.startswith("loss_")})
+    roll.update(labels, correct=correct.cpu(), truncated=ro.truncated.cpu(), group=group.cpu(), scored=scored.cpu())
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, roll)
@@ -549,6 +549,8 @@ def gather_rollouts(infos: list[dict], ro, correct, group, world: int, labels: d
 def step_metrics(roll: dict, group_size: int) -> dict:
     """Per-step numbers that tell whether training does something, and what the weights do (docs/metrics.md).
 
+    The reverse KL (kl) is taken over the rollouts on the reverse-KL path (the wrong ones when routed, all under
+    OPD), the teacher's perplexity over the rollouts it scored (teacher_tokens of the step's response_tokens).
     Per path, over the prompts' subsets of more than one rollout: the weights' normalised entropy and
     effective sample size, (sum w)^2 / sum w^2 / n, both 1 when uniform (the ESS is 1/n when one
     rollout takes all). With rollout labels, where the weights fall inside a prompt: over the prompts whose
@@ -556,19 +558,26 @@ def step_metrics(roll: dict, group_size: int) -> dict:
     subset's weight (opd_unreliable_weight) beside their share of its rollouts (opd_unreliable_count), each
     averaged over those prompts (opd_unreliable_prompts of them); the same for the unlikely route among a
     prompt's correct rollouts on the MLE path (mle_unlikely_*). A weight that ignores the label keeps the two
-    shares equal.
+    shares equal. GRPO adds the mean absolute advantage; a baseline without weights logs none of theirs.
     """
     per_group = roll["correct"].float().reshape(-1, group_size)      # (B, G)
-    loss_mle, loss_opd = roll["loss_mle"].sum().item(), roll["loss_opd"].sum().item()
-    out = {"loss": loss_mle + loss_opd, "loss_mle": loss_mle, "loss_opd": loss_opd,
+    losses = {k: v.sum().item() for k, v in roll.items() if k.startswith("loss_")}
+    tokens, scored = roll["n_tokens"], roll["scored"]
+    out = {"loss": sum(losses.values()), **losses,
            "frac_correct": per_group.mean().item(),
            "frac_all_correct": (per_group == 1).all(1).float().mean().item(),
            "frac_all_wrong": (per_group == 0).all(1).float().mean().item(),
            "frac_truncated": roll["truncated"].float().mean().item(),
-           "response_len": roll["n_tokens"].mean().item(),
-           "kl": (roll["kl_sum"].sum() / roll["n_tokens"].sum().clamp(min=1)).item(),
-           "ppl_student": roll["nll_student"].exp().mean().item(),
-           "ppl_teacher": roll["nll_teacher"].exp().mean().item()}
+           "response_len": tokens.mean().item(),
+           "response_tokens": int(tokens.sum().item()), "teacher_tokens": int(tokens[scored].sum().item()),
+           "ppl_student": roll["nll_student"].exp().mean().item()}
+    if "advantage" in roll:
+        out["abs_advantage"] = roll["advantage"].abs().mean().item()
+    if "weight" not in roll:
+        return out
+    on_kl = ~roll["mle"]                                              # the reverse-KL path's rollouts
+    out["kl"] = (roll["kl_sum"][on_kl].sum() / tokens[on_kl].sum().clamp(min=1)).item() if on_kl.any() else None
+    out["ppl_teacher"] = roll["nll_teacher"][scored].exp().mean().item() if scored.any() else None
     group, weight = roll["group"], roll["weight"]
     for path, member, label, name in (("mle", roll["mle"], "unlikely_route", "unlikely"),
                                       ("opd", ~roll["mle"], "teacher_unreliable", "unreliable")):
@@ -602,15 +611,19 @@ def sampler_gap(infos: list[dict], batches: list, sampler_logp, resp, world: int
 
 
 def append_eval(run_dir: Path, step: int, accuracy: float, what: str):
-    """One quick-eval result: a line of eval.jsonl, a line on the console, the run's curves redrawn."""
-    with open(run_dir / "eval.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "eval_accuracy": accuracy}) + "\n")
+    """One quick-eval result: its line of eval.jsonl, a line on the console, the run's curves redrawn. A step
+    eval.jsonl already holds has its line replaced, not repeated: a run resumed before its first checkpoint
+    measures step 0 again."""
+    path = run_dir / "eval.jsonl"
+    lines = [*(r for r in read_jsonl(path) if r.get("step") != step), {"step": step, "eval_accuracy": accuracy}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     tqdm.write(f"step {step}: held-out accuracy {accuracy:.1%} ({what})")
     plot_run(run_dir)
 
 
 # The panels of a training run's picture: (title, [(metrics.jsonl key, label)]).
-CURVES = [("loss of each path", [("loss_mle", "MLE (correct)"), ("loss_opd", "reverse KL (wrong)")]),
+CURVES = [("loss of each path", [("loss_mle", "MLE (correct)"), ("loss_opd", "reverse KL (wrong)"),
+                                 ("loss_pg", "policy gradient (GRPO)"), ("loss_sft", "teacher's solutions (KD)")]),
           ("rollouts graded correct", [("frac_correct", "fraction correct")]),
           ("reverse KL to the teacher, per token", [("kl", "kl")]),
           ("effective sample size (1 = uniform)", [("ess_mle", "student weights"), ("ess_opd", "teacher weights")])]

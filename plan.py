@@ -59,6 +59,17 @@ GB = 1e9
 SAMPLING_LOGIT_COPIES = 4     # fp32 logits, tempered, top-k/top-p filtered, probabilities
 HEAD_COPIES_NO_GRAD = 2       # logits, log_softmax
 HEAD_COPIES_GRAD = 4          # the same recomputed in backward, and their gradients
+# The fields that lower each phase's peak; reliability.out_of_memory names them when a phase runs out.
+PHASE_FIELDS = {"weights + optimizer state": "gpus", "generation": "rollout_kv_gb",
+                "teacher scoring": "micro_batch_tokens or shard_teacher",
+                "update": "micro_batch_tokens or gradient_checkpointing", "log-prob chunk": "logprob_chunk_tokens"}
+CHECKPOINT_BYTES_PER_PARAM = 16   # fp32: the HF weights, and in state/ the weights and AdamW's two moments
+CHECKPOINT_OVERHEAD = 1.05        # tokenizer, configs and the state's metadata: 4% on the tests' tiny models
+
+
+def checkpoint_bytes(params: int) -> int:
+    """Disk one checkpoint of a student of `params` parameters takes (reliability.save_checkpoint writes it)."""
+    return int(params * CHECKPOINT_BYTES_PER_PARAM * CHECKPOINT_OVERHEAD)
 
 
 @dataclass
@@ -138,7 +149,7 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     r = a if sharded else 4                            # student's residual stream: fp32 under autocast
     width = cfg.max_prompt_tokens + cfg.max_new_tokens
     rollouts = cfg.batch_size // n * cfg.group_size    # this GPU's rows
-    S, Tt = student.params, teacher.params
+    S, Tt = student.params, teacher.params if teacher else 0  # no teacher: GRPO without its KL term, or KD
     shard_teacher = sharded and cfg.shard_teacher
 
     # ---- held all step: student weights + AdamW (grads only in the update), teacher weights
@@ -178,8 +189,8 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     mask = mb_rows * width * width                     # entries of the (rows, 1, width, width) mask
 
     # ---- teacher scoring: no grad, only the last hidden state kept
-    teacher_on = gathered(teacher) if shard_teacher else 0
-    scoring = held + teacher_on + T * layer_live(teacher, a, a) + mask * (1 + a)
+    teacher_on = gathered(teacher) if shard_teacher and teacher else 0
+    scoring = held + teacher_on + T * layer_live(teacher, a, a) + mask * (1 + a) if teacher else 0
 
     # ---- update: the student with grad
     student_on = (gathered(student) + 4 * student.layer_params) if sharded else student_copy
@@ -194,27 +205,29 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
 
     # ---- the log-prob head: the last hidden state, the packed response positions, chunks of fp32 logits
     chunk = min(cfg.logprob_chunk_tokens, T)
-    t_head = (teacher.head_rows * teacher.hidden * 4 if a != 4 else 0)  # fp32 copy of a bf16 head
+    t_head = (teacher.head_rows * teacher.hidden * 4 if a != 4 and teacher else 0)  # fp32 copy of a bf16 head
     s_head = (2 * student.head_rows * student.hidden * 4) if sharded and a != 4 else 0  # and its grad
     head_teacher = (held + teacher_on + 2 * T * a * teacher.hidden + t_head
-                    + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4)
+                    + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4) if teacher else 0
     head_student = (base + saved + 2 * T * r * student.hidden + T * 4 * student.hidden + s_head
                     + HEAD_COPIES_GRAD * chunk * student.head_rows * 4)
     head = max(head_teacher, head_student)
 
     phases = [
-        ("weights + optimizer state", (16 * S) / n + teacher_held + (a * S + kv if fast else 0), "gpus",
+        ("weights + optimizer state", (16 * S) / n + teacher_held + (a * S + kv if fast else 0),
+         PHASE_FIELDS["weights + optimizer state"],
          f"student {16 / n:g} B/param{f' + its rollout copy {a} B/param and cache {kv / GB:.1f} GB' if fast else ''}, "
-         f"teacher {a / (n if shard_teacher else 1):g} B/param"),
-        ("generation", generation, "rollout_kv_gb",
+         + (f"teacher {a / (n if shard_teacher else 1):g} B/param" if teacher else "no teacher")),
+        ("generation", generation, PHASE_FIELDS["generation"],
          f"{rows} rows/call x {calls} call{'s' * (calls > 1)}; KV {kv / GB:.1f} GB of one call"),
-        ("teacher scoring", scoring, "micro_batch_tokens or shard_teacher",
+        ("teacher scoring", scoring, PHASE_FIELDS["teacher scoring"],
          f"{mb_rows} rows x {width} tokens; mask {mask * (1 + a) / GB:.1f} GB"),
-        ("update", update, "micro_batch_tokens or gradient_checkpointing",
+        ("update", update, PHASE_FIELDS["update"],
          f"{mb_rows} rows x {width} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"),
-        ("log-prob chunk", head, "logprob_chunk_tokens",
-         f"{chunk} tokens x {max(student.head_rows, teacher.head_rows)} rows of fp32 logits"),
+        ("log-prob chunk", head, PHASE_FIELDS["log-prob chunk"],
+         f"{chunk} tokens x {max(student.head_rows, teacher.head_rows if teacher else 0)} rows of fp32 logits"),
     ]
+    phases = [phase for phase in phases if teacher or phase[0] != "teacher scoring"]
     sizes = dict(rows=rows, calls=calls, kv_gb=kv / GB, kv_token=kv_token, mb_rows=mb_rows, width=width,
                  rollouts=rollouts, kv_value=kv_value)
     return [(name, gb / GB, field, what) for name, gb, field, what in phases], sizes
@@ -222,6 +235,17 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
 
 def millions(count: int) -> str:
     return f"{count / 1e6:,.1f}M" if count < 1e8 else f"{count / 1e9:.2f}B"
+
+
+def frozen_shape(cfg) -> "Shape | None":
+    """The frozen model a run holds beside the student: SCOPE's teacher, GRPO's initial student when kl_beta > 0,
+    or none (GRPO without the KL term, KD: its teacher wrote its solutions before training)."""
+    algorithm = getattr(cfg, "algorithm", "scope")
+    if algorithm == "scope":
+        return read_shape("teacher", cfg.teacher)
+    if algorithm == "grpo" and cfg.kl_beta > 0:
+        return read_shape("student", cfg.student)
+    return None
 
 
 def print_plan(cfg) -> bool:
@@ -232,12 +256,13 @@ def print_plan(cfg) -> bool:
             sys.exit(f"plan: {field} must be positive, got {getattr(cfg, field)!r}")
     if cfg.batch_size % cfg.gpus:
         sys.exit(f"plan: batch_size {cfg.batch_size} must be divisible by gpus ({cfg.gpus})")
-    student, teacher = read_shape("student", cfg.student), read_shape("teacher", cfg.teacher)
+    student, teacher = read_shape("student", cfg.student), frozen_shape(cfg)
     phases, s = estimate(cfg, student, teacher)
     setup = "one GPU, bf16 autocast" if cfg.gpus == 1 else \
         f"FSDP2, teacher {'sharded' if cfg.shard_teacher else 'replicated'}"
     print(f"memory plan: {cfg.gpus} x {cfg.gpu_memory_gb:g} GB ({setup}); student {student.name} "
-          f"({millions(student.params)} params), teacher {teacher.name} ({millions(teacher.params)} params)")
+          f"({millions(student.params)} params), " + (f"{'teacher' if cfg.algorithm == 'scope' else 'KL reference'} {teacher.name} "
+          f"({millions(teacher.params)} params)" if teacher else f"no teacher ({cfg.algorithm})"))
     print(f"per GPU: {cfg.batch_size // cfg.gpus} prompts x {cfg.group_size} = {s['rollouts']} rollouts of "
           f"{cfg.max_prompt_tokens} + {cfg.max_new_tokens} tokens; KV {s['kv_token'] / 1e3:.1f} KB/token "
           f"({s['kv_value']} bytes per value)\n")
@@ -252,4 +277,7 @@ def print_plan(cfg) -> bool:
         print(f"DOES NOT FIT: {name} needs {gb:.1f} GB of {cfg.gpu_memory_gb:g}: change {field}")
     if not over:
         print(f"fits: peak {peak:.1f} GB ({peak_name}), {cfg.gpu_memory_gb - peak:.1f} GB free per GPU")
+    checkpoint = checkpoint_bytes(student.params)
+    print(f"disk: {(cfg.keep_checkpoints + 1) * checkpoint / GB:.1f} GB in output_dir for checkpoints of "
+          f"{checkpoint / GB:.1f} GB (keep_checkpoints {cfg.keep_checkpoints}, and one more while a new one is written)")
     return not over

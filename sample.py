@@ -16,6 +16,8 @@ Everything that touches a model: loading, prompts, rollouts, log-probs, and the 
 Nothing here knows about the loss.
 """
 import atexit
+import hashlib
+import json
 import os
 import sys
 import warnings
@@ -276,6 +278,11 @@ class Rollouts:
     texts: list[str]         # N decoded responses, up to the first stop (after a thought the prompt opened)
     truncated: torch.Tensor  # (N,) bool: no stop within max_new_tokens
 
+    def select(self, rows: torch.Tensor) -> "Rollouts":
+        """The rollouts picked by `rows`, (N,) bool, in their order (their groups need not be whole)."""
+        return Rollouts(self.tokens[rows], self.attn[rows], self.resp[rows],
+                        [t for t, keep in zip(self.texts, rows.tolist()) if keep], self.truncated[rows])
+
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: list[int], temperature: float,
@@ -326,14 +333,109 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         pieces.append(out[:len(prompt_ids[rows]), P - first:])
     width = max(p.shape[1] for p in pieces)
     response = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])   # (N, R)
+    return as_rollouts(tokenizer, prompts, prompt_ids, prompt_attn, response, stop)
+
+
+def as_rollouts(tokenizer, prompts: list[str], prompt_ids, prompt_attn, response, stop: list[int]) -> Rollouts:
+    """Rollouts from B prompts, their (N, P) left-padded ids and mask repeated G times, and (N, R) responses
+    (anything after a response's first stop id is padding)."""
+    group_size = len(prompt_ids) // len(prompts)
     mask = response_mask(response, stop)
-    truncated = ~torch.isin(response, torch.tensor(stop, device=device)).any(-1)
+    truncated = ~torch.isin(response, torch.tensor(stop, device=response.device)).any(-1)
     opened = thinking_opened(tokenizer)  # a prompt that ends inside a thought: its responses start inside one
     heads = [opened if opened and p.endswith(opened) else "" for p in prompts]
     texts = [heads[i // group_size] + t for i, t in
              enumerate(tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True))]
     return Rollouts(tokens=torch.cat([prompt_ids, response], 1), attn=torch.cat([prompt_attn, mask], 1),
                     resp=torch.cat([torch.zeros_like(prompt_attn), mask], 1), texts=texts, truncated=truncated)
+
+
+def given_rollouts(tokenizer, prompts: list[str], responses: list[list[list[int]]], stop: list[int],
+                   device: torch.device) -> Rollouts:
+    """Rollouts of responses written elsewhere (KD: the teacher's), G id lists for each of B prompts."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    group_size = len(responses[0])
+    flat = [torch.tensor(ids) for each in responses for ids in each]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    response = torch.nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=pad)          # (N, R)
+    return as_rollouts(tokenizer, prompts, enc.input_ids.repeat_interleave(group_size, 0).to(device),
+                       enc.attention_mask.repeat_interleave(group_size, 0).bool().to(device), response.to(device), stop)
+
+
+# -----------------------------------------------------------------------------
+# KD's data: the teacher's own solutions, sampled once before training
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """16 hex digits naming a tokenizer's vocabulary: every string and its id, added tokens included."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def read_solutions(path: Path) -> list[dict]:
+    """The whole lines of a solutions file; a last line torn by a stopped run is dropped from the file."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    whole = text[:text.rfind("\n") + 1]
+    if whole != text:
+        path.write_text(whole)
+    try:
+        return [json.loads(line) for line in whole.splitlines()]
+    except json.JSONDecodeError as e:
+        fail(f"{path}, line {e.doc.count(chr(10)) + 1}: not JSON ({e.msg}); remove the file and write it anew")
+
+
+def write_solutions(model, tokenizer, rows: list[dict], path: Path, teacher: str, *, group_size: int, seed: int,
+                    **sampling):
+    """Append G of the teacher's sampled solutions to each of `rows` to `path` (JSONL, a line per problem naming the
+    teacher and its tokenizer), one generate call's problems at a time, flushed: run again to continue."""
+    done = {line["index"] for line in read_solutions(path)}
+    todo = [i for i in range(len(rows)) if i not in done]
+    per_call = max(1, sampling["max_rows"] // group_size)
+    print(f"{path}: {len(done)} of {len(rows)} problems already solved by the teacher; sampling the other {len(todo)}")
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    with open(path, "a") as f:
+        for start in range(0, len(todo), per_call):
+            chunk = todo[start:start + per_call]
+            torch.manual_seed(seed * 1_000_003 + chunk[0])  # a function of the problems alone: a rerun draws the same
+            ro = generate(model, tokenizer, [rows[i]["prompt"] for i in chunk], group_size, **sampling)
+            for j, i in enumerate(chunk):
+                ids = [r[m].tolist() for r, m in zip(ro.tokens[j * group_size:(j + 1) * group_size],
+                                                     ro.resp[j * group_size:(j + 1) * group_size])]
+                f.write(json.dumps({"index": i, "problem": rows[i]["problem"], "prompt": rows[i]["prompt"],
+                                    "teacher": teacher, "tokenizer": fingerprint, "response_ids": ids,
+                                    "responses": ro.texts[j * group_size:(j + 1) * group_size]}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            say(f"{path}: {start + len(chunk)} of {len(todo)}")
+
+
+def with_solutions(rows: list[dict], path: Path, teacher: str, tokenizer, group_size: int, again: str) -> list[dict]:
+    """Training rows with the teacher's solutions from `path` attached (`response_ids`, G of them), each line
+    checked: the same teacher, tokenizer and prompt as this run, and solutions to train on. `again`: the command
+    that writes the file."""
+    if not path.exists():
+        fail(f"kd_data {path} does not exist; sample the teacher's solutions first: {again}")
+    lines, fingerprint = {line.get("index"): (n, line) for n, line in enumerate(read_solutions(path), 1)}, \
+        tokenizer_fingerprint(tokenizer)
+    for i, row in enumerate(rows):
+        if i not in lines:
+            fail(f"{path} holds no solutions for problem {i} ({len(lines)} of {len(rows)} problems); continue "
+                 f"it with: {again}")
+        n, line = lines[i]
+        ids = line.get("response_ids")
+        bad = (f"was sampled from teacher {line.get('teacher')!r}, this run's is {teacher!r}"
+               if line.get("teacher") != teacher else
+               f"was tokenized by another tokenizer ({line.get('tokenizer')} against this run's {fingerprint})"
+               if line.get("tokenizer") != fingerprint else
+               "holds another prompt than this run builds (prompt_suffix, chat_template or the data differ)"
+               if line.get("prompt") != row["prompt"] else
+               f"has no 'response_ids' with {group_size} non-empty responses (group_size)"
+               if not isinstance(ids, list) or len(ids) < group_size or not all(ids[:group_size]) else None)
+        if bad:
+            fail(f"{path}, line {n}: problem {i} {bad}")
+        row["response_ids"] = ids[:group_size]
+    return rows
 
 
 # -----------------------------------------------------------------------------
@@ -488,6 +590,21 @@ def score(model, ro: Rollouts, batches: list[tuple[slice, slice]], **kw) -> torc
     logp = torch.zeros(ro.tokens.shape, device=ro.tokens.device)
     for r, c in batches:
         logp[r, c] = token_logprobs(model, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], **kw)
+    return logp
+
+
+def score_rows(model, ro: Rollouts, rows: torch.Tensor, budget: int, world: int, **kw) -> torch.Tensor:
+    """(N, L) log-probs of the sampled tokens of the rollouts picked by `rows`, (N,) bool, and 0 elsewhere: only
+    those are forwarded, in micro-batches of `budget` padded tokens. Under FSDP every forward is a collective, so
+    a rank with fewer micro-batches than another repeats a one-rollout forward, dropping its result, until all
+    ranks have run as many."""
+    picked = ro.select(rows)
+    batches = micro_batches(picked, 1, budget, world)
+    most = int(all_max(len(batches), world))  # agreed before any forward: collectives run in one order everywhere
+    logp = torch.zeros(ro.tokens.shape, device=ro.tokens.device)
+    logp[rows] = score(model, picked, batches, **kw)
+    for _ in range(most - len(batches)):
+        token_logprobs(model, ro.tokens[:1], ro.attn[:1], ro.resp[:1], **kw)
     return logp
 
 

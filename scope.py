@@ -41,9 +41,10 @@ from reliability import catch_stop_signals, find_checkpoint, load_checkpoint, ou
 from eval import (append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, rollout_labeller,
                   sampler_gap, step_metrics)
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
-                    generate, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows, micro_batches,
-                    quiet_libraries, rollout_copy, rows_per_call, sampling_with, save_model, score, setup_distributed,
-                    shard, stop_ids, token_logprobs, with_prompts)
+                    generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows,
+                    micro_batches, quiet_libraries, resolve, rollout_copy, rows_per_call, sampling_with, save_model,
+                    score, score_rows, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
+                    with_solutions, write_solutions)
 from verify import grade
 
 
@@ -101,6 +102,52 @@ def scope_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: fl
     return loss_mle + loss_opd, info                     # Eq. 6: the two paths added 1:1
 
 
+def group_advantage(reward: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """GRPO's outcome advantage (N,): each reward minus its prompt's mean, over its prompt's standard deviation
+    (unbiased, + 1e-6, as verl computes it); 0 in a group whose rollouts all scored alike."""
+    advantage = torch.zeros_like(reward)
+    for g in group.unique():
+        m = group == g
+        advantage[m] = (reward[m] - reward[m].mean()) / (reward[m].std() + 1e-6)
+    return advantage
+
+
+def grpo_loss(logp, ref_logp, mask, correct, group, cfg: "Config", norm: float, norm_mle: float | None = None):
+    """GRPO, the paper's RL baseline (its Table 3): every rollout's tokens share its group-normalised outcome
+    advantage, in PPO's clipped surrogate; no teacher. With one update per batch rho is exactly 1, so the clip
+    (clip_ratio, 0.2) never binds: it is written out to show where it would act with more updates per batch.
+
+    ref_logp: (N, T) the initial student's log-probs, for the k3 KL penalty (kl_beta > 0), else None.
+    The other arguments are scope_loss's (norm_mle unused). Returns the loss and numbers worth logging.
+    """
+    mask = mask.float()
+    old = logp.detach()
+    rho = torch.exp(logp - old)                                        # value 1, gradient = grad log pi_theta
+    advantage = group_advantage(correct.float(), group)[:, None]       # (N, 1)
+    clipped = rho.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
+    loss_pg = -(torch.minimum(rho * advantage, clipped * advantage) * mask).sum() / norm
+    info = {"loss_pg": loss_pg.detach(), "advantage": advantage[:, 0], "nll_student": -(old * mask).sum(1) /
+            mask.sum(1).clamp(min=1), "n_tokens": mask.sum(1)}
+    if ref_logp is None:
+        return loss_pg, info
+    log_ratio = ref_logp - logp                                        # k3: exp(d) - d - 1 >= 0, unbiased KL
+    loss_kl = cfg.kl_beta * ((log_ratio.exp() - log_ratio - 1) * mask).sum() / norm
+    return loss_pg + loss_kl, {**info, "loss_kl": loss_kl.detach()}
+
+
+def kd_loss(logp, teacher_logp, mask, correct, group, cfg: "Config", norm: float, norm_mle: float | None = None):
+    """Sequence-level KD (Kim & Rush, 2016), the paper's offline baseline: maximum likelihood of the teacher's
+    own solutions (`kd_data`, sampled once before training), right or wrong alike. logp: (N, T) the student's
+    log-probs of the teacher's tokens; the other arguments are scope_loss's (teacher_logp, correct, group unused)."""
+    mask = mask.float()
+    loss = -(logp * mask).sum() / norm
+    return loss, {"loss_sft": loss.detach(), "nll_student": -(logp.detach() * mask).sum(1) / mask.sum(1).clamp(min=1),
+                  "n_tokens": mask.sum(1)}
+
+
+OBJECTIVES = {"scope": scope_loss, "grpo": grpo_loss, "kd": kd_loss}  # one signature; chosen once per run
+
+
 # -----------------------------------------------------------------------------
 # Configuration: one dataclass; each field's help is its documentation (`--help`)
 
@@ -125,6 +172,16 @@ class Config:
                                   "then logs where the weights fall within prompts")
     build_world: str = arg("", "a toy world (a name in toy.WORLDS, e.g. demo) to build into the student's parent "
                                "directory first when the student directory is missing; '' = never")
+    # --- the objective
+    algorithm: Literal["scope", "grpo", "kd"] = arg("scope", "scope (OPD and the ablations are its flags); grpo: the "
+                                                             "group-normalised outcome advantage, no teacher; kd: SFT "
+                                                             "on the teacher's solutions in kd_data (docs/method.md)")
+    clip_ratio: float = arg(0.2, "grpo: PPO's clip on rho (paper: 0.2); inactive at one update per batch")
+    kl_beta: float = arg(0.0, "grpo: weight of the k3 KL to the initial student (paper's table: 1e-4; its released "
+                              "scripts: off); > 0 loads the initial student as the frozen model")
+    kd_data: str = arg("", "kd: the teacher's solutions, a JSONL that --kd-generate writes (resumable)")
+    kd_generate: bool = arg(False, "sample the teacher's solutions to train_data into kd_data with the rollout "
+                                   "settings (G each), then exit; one process; run again to continue")
     # --- SCOPE
     group_size: int = arg(8, "G: rollouts sampled per problem (paper: 8)")
     tau: float = arg(1.0, "temperature of both perplexity softmaxes, Eqs. 4-5 (paper: 1.0)")
@@ -143,6 +200,9 @@ class Config:
                                                        "token, or those of correct rollouts only (released code)")
     teacher_temperature: float = arg(0.0, "temperature of the teacher's log-probs; 0 = the rollout temperature "
                                           "(released code: 1)")
+    teacher_rollouts: Literal["wrong", "all"] = arg("wrong", "rollouts the teacher scores: those the loss reads (the "
+                                                             "wrong ones when routed, all under OPD), or all (logs "
+                                                             "its perplexity of correct ones too)")
     # --- rollouts
     batch_size: int = arg(32, "B: problems per optimizer step, over all ranks (paper: 256)")
     temperature: float = arg(0.6, "rollout temperature; student and teacher log-probs use the same (paper: 0.6)")
@@ -186,7 +246,7 @@ class Config:
 
 
 NON_NEGATIVE = {"lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps", "seed",
-                "teacher_temperature"}
+                "teacher_temperature", "kl_beta"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -219,6 +279,11 @@ def parse_config(argv: list[str]) -> Config:
             fail(f"field {f.name!r} is {value}; it must be {'>= 0' if f.name in NON_NEGATIVE else '> 0'}")
     if cfg.top_p > 1:
         fail(f"field 'top_p' is {cfg.top_p}; it must be in (0, 1]")
+    if cfg.algorithm == "grpo" and cfg.group_size < 2:
+        fail(f"field 'group_size' is {cfg.group_size}; grpo normalises rewards inside each prompt's group: use >= 2")
+    if (cfg.algorithm == "kd" or cfg.kd_generate) and not cfg.kd_data:
+        fail("field 'kd_data' is empty; kd trains on the teacher's solutions: name a JSONL file (--kd-generate "
+             "writes it)")
     return cfg
 
 
@@ -226,18 +291,33 @@ def parse_config(argv: list[str]) -> Config:
 # One training step's update: gradients over micro-batches, one optimizer step
 
 def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
-                         norms: list[tuple[float, float | None]], world: int) -> list[dict]:
-    """Backward of `scope_loss` over micro-batches of whole groups; returns each micro-batch's info.
-    norms: each micro-batch's (norm, norm_mle) of `scope_loss`, from `loss_norms`."""
-    infos = []
-    for (r, c), (norm, norm_mle) in zip(batches, norms, strict=True):
-        with amp:
-            logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
-                                  temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-        loss, info = scope_loss(logp, teacher_logp[r, c], ro.resp[r, c], correct[r], group[r], cfg, norm, norm_mle)
-        (loss * world).backward()  # the norms count the whole step already: undo FSDP's average over ranks
-        infos.append({**info, "logp": logp.detach()})
+                         world: int) -> list[dict]:
+    """Backward of the run's objective (`scope_loss`, or a baseline's) over micro-batches of whole groups, each
+    divided as `loss_norms` says; returns each micro-batch's info. teacher_logp: (N, L) the frozen model's
+    log-probs, or None (a baseline without one)."""
+    infos, norms = [], loss_norms(ro, correct, batches, cfg, world)
+    with out_of_memory("update", micro_batch_tokens=cfg.micro_batch_tokens, tokens_per_row=ro.resp.shape[1]):
+        for (r, c), (norm, norm_mle) in zip(batches, norms, strict=True):
+            with amp:
+                logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
+                                      temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
+            frozen = None if teacher_logp is None else teacher_logp[r, c]
+            loss, info = OBJECTIVES[cfg.algorithm](logp, frozen, ro.resp[r, c], correct[r], group[r], cfg, norm,
+                                                   norm_mle)
+            (loss * world).backward()  # the norms count the whole step already: undo FSDP's average over ranks
+            infos.append({**info, "logp": logp.detach()})
     return infos
+
+
+def teacher_logprobs(teacher, ro, scored, cfg: Config, vocab: int, amp, world: int) -> torch.Tensor | None:
+    """(N, L) the frozen model's log-probs of the tokens of the `scored` rollouts (0 elsewhere), at the teacher's
+    temperature; None for a baseline without a frozen model."""
+    if teacher is None:
+        return None
+    with torch.no_grad(), amp, out_of_memory("teacher scoring", micro_batch_tokens=cfg.micro_batch_tokens,
+                                             tokens_per_row=ro.resp.shape[1]):
+        return score_rows(teacher, ro, scored, cfg.micro_batch_tokens, world, vocab=vocab,
+                          temperature=cfg.teacher_temperature or cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
 
 
 def optimizer_step(student, optimizer, cfg: Config, fast=None) -> float:
@@ -285,6 +365,8 @@ def main(argv: list[str]):
         sys.exit(0 if plan.print_plan(cfg) else 1)
     quiet_libraries()
     rank, world, device = setup_distributed()
+    if cfg.kd_generate:
+        return write_kd_data(cfg, device, world)
     if cfg.batch_size % world:
         fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
     out_dir = Path(cfg.output_dir)
@@ -297,11 +379,9 @@ def main(argv: list[str]):
     amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(resume_from, student, optimizer, cfg, fast) if resume_from else 0
-    kv = kv_bytes_per_token(student.config, compute.itemsize if world > 1 else 4)  # fp32 weights: fp32 cache
-    sampling = dict(stop=stop_ids(student, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
-                    max_new_tokens=cfg.max_new_tokens, synced=world > 1 and fast is None, static=fast,
-                    max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
+    sampling = sampling_settings(cfg, student, tok, fast, compute.itemsize if world > 1 else 4, world)  # fp32: fp32 cache
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
+    rollouts = rollout_source(cfg, student, tok, fast, amp, world, sampling)
     label = rollout_labeller(cfg.rollout_labels)  # per-rollout labels for metrics.jsonl (a toy world's)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
 
@@ -327,12 +407,8 @@ def main(argv: list[str]):
         rows = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
         rows = rows[rank * per_rank:(rank + 1) * per_rank]
 
-        # ---- sample G answers per problem from the current student
-        student.eval()
-        with sampling_with(student, fast, amp, world), out_of_memory("sampling", rows_per_call=sampling["max_rows"],
-                                                                     max_new_tokens=cfg.max_new_tokens):
-            ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
-                          **sampling)
+        # ---- sample G answers per problem from the current student (kd: read the teacher's)
+        ro = rollouts(rows)
         t1 = time.perf_counter()
 
         # ---- grade them
@@ -341,13 +417,11 @@ def main(argv: list[str]):
         group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
         t2 = time.perf_counter()
 
-        # ---- the teacher scores the student's tokens: one forward, no generation
+        # ---- the teacher scores the student's tokens that the loss reads: one forward, no generation
+        scored = teacher_reads(cfg, correct)                                                              # (N,)
+        teacher_logp = teacher_logprobs(teacher, ro, scored, cfg, vocab, amp, world)                      # (N, L)
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
-        with torch.no_grad(), amp, out_of_memory("teacher scoring", micro_batch_tokens=cfg.micro_batch_tokens,
-                                                 response_tokens=ro.resp.shape[1]):
-            teacher_logp = score(teacher, ro, batches, vocab=vocab, temperature=cfg.teacher_temperature or
-                                 cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)                   # (N, L)
-        eval_due = held_out and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
+        eval_due = bool(held_out) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
         if fast is not None and eval_due:  # the sampler's own log-probs, to measure how far it is from the learner
             with torch.no_grad():
                 sampler_logp = score(fast.model, ro, batches, vocab=vocab, temperature=cfg.temperature,
@@ -356,25 +430,24 @@ def main(argv: list[str]):
 
         # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
         student.train()
-        norms = loss_norms(ro, correct, batches, cfg, world)
-        with out_of_memory("update", micro_batch_tokens=cfg.micro_batch_tokens, response_tokens=ro.resp.shape[1]):
-            infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, norms,
-                                         world)
+        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, world)
         grad_norm = optimizer_step(student, optimizer, cfg, fast)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
         t4 = time.perf_counter()
 
         # ---- log the step's numbers, gathered from every rank; the quick eval when due
-        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, world, label(rows, ro.texts))
+        roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, scored, world, label(rows, ro.texts))
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
                   "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t4 - t0),
                   "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
+        if teacher is None:  # a baseline without a frozen model: no teacher phase to time
+            del record["time_teacher"]
         if fast is not None and eval_due:
             record.update(sampler_gap(infos, batches, sampler_logp, ro.resp, world))
         if eval_due:
             record["eval_accuracy"] = quick_eval(step + 1)
         write_metrics(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}", kl=f"{record['kl']:.3f}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}", correct=f"{record['frac_correct']:.2f}")
         if bad_in_a_row > cfg.max_bad_steps:
             fail(f"{bad_in_a_row} steps in a row had a non-finite gradient; the last good checkpoint is in "
                  f"{out_dir} (lower lr, or check the data)")
@@ -388,8 +461,56 @@ def main(argv: list[str]):
     finish(student, tok, out_dir, rank, world)
 
 
+def rollout_source(cfg: Config, student, tok, fast, amp, world: int, sampling: dict):
+    """The function that gives a step's rollouts for its rows: G samples from the current student, or for kd the
+    teacher's solutions that `--kd-generate` wrote."""
+    if cfg.algorithm == "kd":
+        device = next(student.parameters()).device
+        return lambda rows: given_rollouts(tok, [r["prompt"] for r in rows], [r["response_ids"] for r in rows],
+                                           sampling["stop"], device)
+
+    def sample(rows: list[dict]):
+        student.eval()
+        with sampling_with(student, fast, amp, world), out_of_memory("sampling", rows_per_call=sampling["max_rows"],
+                                                                     max_new_tokens=cfg.max_new_tokens):
+            return generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
+                            **sampling)
+    return sample
+
+
+def sampling_settings(cfg: Config, model, tok, fast, kv_bytes: int, world: int) -> dict:
+    """`generate`'s keywords but the temperature: stop ids, top-p/k, length, and rows per call from the KV budget
+    (`kv_bytes` a cached value)."""
+    kv = kv_bytes_per_token(model.config, kv_bytes)
+    return dict(stop=stop_ids(model, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
+                max_new_tokens=cfg.max_new_tokens, synced=world > 1 and fast is None, static=fast,
+                max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
+
+
+def teacher_reads(cfg: Config, correct: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rollouts the frozen model scores. SCOPE's teacher: those the loss reads, the wrong ones when
+    routed (every one under OPD, or with teacher_rollouts all); GRPO's initial student (kl_beta > 0): every one."""
+    if cfg.algorithm == "scope" and cfg.route_by_correctness and cfg.teacher_rollouts == "wrong":
+        return ~correct
+    return torch.full_like(correct, cfg.algorithm == "scope" or (cfg.algorithm == "grpo" and cfg.kl_beta > 0))
+
+
 # -----------------------------------------------------------------------------
 # Models and data
+
+def write_kd_data(cfg: Config, device: torch.device, world: int):
+    """--kd-generate: G of the teacher's own solutions to each training problem, sampled with the rollout settings
+    (temperature, top_p, top_k, max_new_tokens), into kd_data; resumable."""
+    if world > 1:
+        fail("--kd-generate runs in one process: start it with python, not torchrun")
+    build_missing_world(cfg, world)
+    compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
+    teacher, tok = load_model(cfg.teacher, compute, device)
+    write_solutions(teacher.eval(), tok, problems(cfg, tok, world), Path(cfg.kd_data), resolve(cfg.teacher),
+                    group_size=cfg.group_size, seed=cfg.seed, temperature=cfg.temperature,
+                    **sampling_settings(cfg, teacher, tok, None, compute.itemsize, world))
+    print(f"done: {cfg.kd_data} holds the teacher's solutions; train with the same flags without --kd-generate")
+
 
 def build_missing_world(cfg: Config, world: int):
     """The offline demo in one command: build the toy world `build_world` in the student's parent directory
@@ -420,21 +541,24 @@ def finish(student, tok, out_dir: Path, rank: int, world: int):
 
 def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
     """(student, teacher, tokenizer, rollout copy): the student in float32 (its master weights), the teacher frozen
-    in the compute dtype; both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false); the
+    in the compute dtype (GRPO: the initial student when kl_beta > 0, else None; KD: None); both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false); the
     student's RolloutCopy for the fast path, else None."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16
     student, tok = load_model(cfg.student, torch.float32, device)
-    teacher, teacher_tok = load_model(cfg.teacher, compute, device)
-    check_same_tokenizer(tok, teacher_tok, cfg.student, cfg.teacher)
-    teacher.requires_grad_(False).eval()
+    teacher = None
+    if cfg.algorithm == "scope" or (cfg.algorithm == "grpo" and cfg.kl_beta > 0):
+        name = cfg.teacher if cfg.algorithm == "scope" else cfg.student  # GRPO's KL reference: the initial student
+        teacher, teacher_tok = load_model(name, compute, device)
+        check_same_tokenizer(tok, teacher_tok, cfg.student, name)
+        teacher.requires_grad_(False).eval()
     fast = rollout_copy(student, cfg.rollouts, compute, cfg.batch_size // world * cfg.group_size,
                         cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.rollout_kv_gb)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if world > 1:
         shard(student, compute)
-        if cfg.shard_teacher:
+        if teacher is not None and cfg.shard_teacher:
             shard(teacher, compute)
     return student, teacher, tok, fast
 
@@ -447,6 +571,9 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
                            (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
     rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=bool(cfg.rollout_labels) and not held_out)
     rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
+    if cfg.algorithm == "kd" and not held_out and not cfg.kd_generate:
+        rows = with_solutions(rows, Path(cfg.kd_data), resolve(cfg.teacher), tok, cfg.group_size,
+                              again="python scope.py <this run's flags> --kd-generate")
     if held_out:  # generate is a collective under FSDP2: every rank gets as many problems
         rows = rows[:cfg.eval_limit]
         rows = rows[:len(rows) // world * world]

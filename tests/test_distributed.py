@@ -124,3 +124,23 @@ def test_micro_batches_are_as_many_on_every_rank_whatever_its_own_width():
     assert len(micro_batches(ro, 4, 700, world=1)) == 1       # alone: both groups fit 700 tokens at width 30
     with patch("sample.all_max", lambda x, world: 150):        # the other rank's batch is 150 wide
         assert len(micro_batches(ro, 4, 700, world=2)) == 2   # one group per micro-batch, as on that rank
+
+
+def test_ranks_with_different_numbers_of_wrong_rollouts_agree_on_teacher_forwards_and_on_the_update(tiny_pair,
+                                                                                                   tmp_path):
+    """Rank 0's rollouts are all graded correct (the teacher scores none of them), rank 1's all wrong (several
+    teacher micro-batches at this budget): the sharded teacher's forwards are collectives, so rank 0 must run as
+    many. The run must not hang and must make the update that scoring every rollout makes."""
+    student, teacher, data = tiny_pair
+    extra = ["--top-k", "1", "--micro-batch-tokens", "160"]
+    torchrun(["tests/dist_graded.py", *tiny_args(student, teacher, data, tmp_path / "wrong", *extra)])
+    torchrun(["tests/dist_graded.py", *tiny_args(student, teacher, data, tmp_path / "all", *extra,
+                                                 "--teacher-rollouts", "all")])
+    wrong = [json.loads(x) for x in (tmp_path / "wrong" / "metrics.jsonl").read_text().splitlines()]
+    every = [json.loads(x) for x in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["frac_correct"] for m in wrong] == [0.5, 0.5]
+    for w, a in zip(wrong, every, strict=True):
+        assert 0 < w["teacher_tokens"] < w["response_tokens"] == a["teacher_tokens"]  # rank 1's tokens alone
+        assert abs(w["loss"] - a["loss"]) < 1e-5
+    w1, w2 = load_file(tmp_path / "wrong" / "model.safetensors"), load_file(tmp_path / "all" / "model.safetensors")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-6

@@ -234,8 +234,7 @@ def step_gradient(cfg, batches, monkeypatch, nll_student, nll_teacher, correct, 
     rows = torch.arange(n)[:, None].expand(-1, 3)                                             # (N, T) row numbers
     ro = Rollouts(tokens=rows, attn=mask, resp=mask, texts=[], truncated=torch.zeros(n, dtype=torch.bool))
     monkeypatch.setattr(scope, "token_logprobs", lambda table, tokens, *a, **kw: table[tokens[:, 0]])
-    norms = loss_norms(ro, correct, batches, cfg, world=1)
-    accumulate_gradients(logp, ro, batches, teacher, correct, group, 0, cfg, nullcontext(), norms, world=1)
+    accumulate_gradients(logp, ro, batches, teacher, correct, group, 0, cfg, nullcontext(), world=1)
     return logp.grad
 
 
@@ -267,7 +266,7 @@ def roll_of(weight, mle, group, **labels):
             "correct": torch.tensor(mle), "truncated": torch.zeros(n, dtype=torch.bool),
             "n_tokens": torch.ones(n), "kl_sum": torch.zeros(n), "nll_student": torch.zeros(n),
             "nll_teacher": torch.zeros(n), "loss_mle": torch.zeros(1), "loss_opd": torch.zeros(1),
-            **{k: torch.tensor(v) for k, v in labels.items()}}
+            "scored": ~torch.tensor(mle), **{k: torch.tensor(v) for k, v in labels.items()}}
 
 
 def test_effective_sample_size_is_one_when_uniform_and_one_over_n_when_one_rollout_takes_all():
