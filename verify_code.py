@@ -36,7 +36,8 @@ tests/test_verify_code.py:
 - nothing of the machine but the system's programs and libraries (/usr, /lib*, /bin, /sbin) and the
   Python that runs the program, all read-only; the run's files, the home directory and /etc are absent;
 - a fresh, empty /tmp of TMP_BYTES (the working directory), the only place it can write;
-- a scrubbed environment: PATH, HOME=/tmp and LANG only (no tokens, no keys, no paths of the run);
+- a scrubbed environment: PATH, HOME=/tmp, PWD=/tmp and LANG only (no tokens, no keys, no paths of
+  the run), and no arguments;
 - its own process, user, IPC, UTS and cgroup namespaces and its own session: it sees no other
   process, and the only processes it can signal are its own;
 - when the grader runs as root, the sandbox runs as uid 65534 (nobody), without capabilities;
@@ -192,7 +193,7 @@ def run_tests(code: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
                     if not (_same_value(got, expected) or wrapped and _same_value(got, expected[0])):
                         return Verdict("failed", i, f"returned {_short(repr(got))} for {_short(repr(given))}, "
                                                     f"expected {_short(repr(expected))}")
-            return Verdict("passed")
+            return box.finish()
         except Stop as stop:
             return stop.verdict
 
@@ -213,6 +214,7 @@ def _run_check(box, tests: dict) -> Verdict:
     space[tests["entry"]] = candidate  # a test may also call the function by its name (HumanEval/33)
     try:
         check(candidate)
+        return box.finish()
     except Stop:
         raise
     except Exception as e:  # a failed assert, or a test that could not use what the program returned
@@ -220,7 +222,6 @@ def _run_check(box, tests: dict) -> Verdict:
                      if frame.tb_frame.f_code.co_filename == "<tests>"), None)
         return Verdict("failed", line, f"{type(e).__name__} at line {line} of the tests"
                                        + (f", after {len(calls)} calls" if calls else ""))
-    return Verdict("passed")
 
 
 def _frames(tb):
@@ -316,7 +317,7 @@ def _bwrap_args() -> tuple[str, ...]:
     prefix = str(Path(_python()).parents[1])  # <prefix>/bin/python
     if not prefix.startswith("/usr/"):
         args += ["--ro-bind", prefix, prefix]
-    return tuple(args)
+    return tuple(args + ["--remount-ro", "/"])  # bwrap's own root, which holds the mount points
 
 
 @functools.lru_cache(maxsize=None)
@@ -362,6 +363,8 @@ class Sandbox:
             command = [*_bwrap_args(), _python()]
         else:  # the same harness, in a directory of its own, without the isolation
             self.tmp = tempfile.mkdtemp(prefix="verify_code_")
+            if os.geteuid() == 0:
+                os.chown(self.tmp, NOBODY, NOBODY)
             command = [_python()]
         command += ["-I", "-S", "-c", _harness_source(), "--serve", json.dumps(self.limits())]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -397,9 +400,19 @@ class Sandbox:
         """The program's function on args (a call-form test, or one call of HumanEval's check)."""
         return decode(self.ask({"args": encode(args)}, test)["result"])
 
+    def finish(self) -> Verdict:
+        """Passed, once the harness answers the last request as itself: a reply the program wrote ahead
+        of the harness's own would leave that one unread, and fail here or at the next request."""
+        if self.ask({"end": True}, None) != {"end": True}:
+            return Verdict("failed", None, "the program wrote to the grader's channel")
+        return Verdict("passed")
+
     def ask(self, message: dict, test: int | None) -> dict:
         """Send one request, wait for its reply within the test's deadline; a reply that reports the
-        program's failure, or none at all, raises Stop with the verdict."""
+        program's failure, or none at all, raises Stop with the verdict. Anything the harness sent
+        unasked is the program writing to the channel: a failure."""
+        if self.buffer or any(key.fileobj is self.proc.stdout for key, _ in self.selector.select(0)):
+            raise Stop(Verdict("failed", test, "the program wrote to the grader's channel"))
         try:
             self.proc.stdin.write(json.dumps(message).encode() + b"\n")
             self.proc.stdin.flush()
@@ -456,9 +469,12 @@ class Sandbox:
 
 @functools.lru_cache(maxsize=None)
 def _harness_source() -> str:
-    """This file's text, run in the sandbox as `python -c ... --serve`: the harness imports nothing
-    from the grader's environment."""
-    return f"__file__ = {__file__!r}\n" + Path(__file__).read_text(encoding="utf-8")  # -c has no __file__
+    """What the sandbox runs as `python -c`: this file's sections from "Plain data" up to the
+    benchmarks' rows (encode, decode and the harness), which need only these imports; the whole
+    module would take longer to start than most programs take to run."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    start, end = text.index("\n# Plain data across the boundary"), text.index("\n# The benchmarks' rows as tests")
+    return "import codecs, json, os, signal, sys\n" + text[start:end] + "\nserve()\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,9 +536,9 @@ def serve():
     The program gets /dev/null as standard input and a file in /tmp as its output, so it cannot read
     requests or write replies by accident; on purpose it can only send plain data, or nothing."""
     import resource
-    import traceback
 
     limits = json.loads(sys.argv[2])
+    sys.argv = ["<program>"]  # what a script run with no arguments sees
     for name, value in (("RLIMIT_CPU", limits["cpu_s"]), ("RLIMIT_AS", limits["memory"]),
                         ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_FSIZE", limits["file"]),
                         ("RLIMIT_NOFILE", limits["open_files"]), ("RLIMIT_CORE", 0)):
@@ -542,10 +558,10 @@ def serve():
 
     def failure(e):
         """The error message of an exception raised by the program, and whether a limit refused it."""
-        refused = isinstance(e, (MemoryError, BlockingIOError, PermissionError)) or (
-            isinstance(e, OSError) and e.errno in (1, 11, 13, 27, 30, 101))  # EPERM EAGAIN EACCES EFBIG EROFS ENETUNREACH
+        import traceback  # here, not at the start: most programs never need it
+
         line = traceback.format_exception_only(type(e), e)[-1].strip()
-        return {"error": line, **({"status": "refused"} if refused else {})}
+        return {"error": line, **({"status": "refused"} if _refused(e) else {})}
 
     job = json.loads(requests.readline())
     try:
@@ -556,7 +572,8 @@ def serve():
     if job["form"] == "stdio":
         reply({})
         for line in requests:
-            reply(_run_stdio(code, json.loads(line)["input"], tmp, limits["output"], out, err))
+            request = json.loads(line)
+            reply(request if "end" in request else _run_stdio(code, request["input"], tmp, limits["output"], out, err))
         return
     space = {"__name__": "solution"}  # not __main__: a program's own `if __name__ == "__main__"` demo stays off
     try:
@@ -567,8 +584,12 @@ def serve():
         return
     reply({})
     for line in requests:
+        request = json.loads(line)
+        if "end" in request:
+            reply(request)
+            return
         try:
-            result = function(*decode(json.loads(line)["args"]))
+            result = function(*decode(request["args"]))
         except BaseException as e:
             reply(failure(e) if isinstance(e, Exception) else {"error": f"the program exited ({type(e).__name__})"})
             return
@@ -579,6 +600,12 @@ def serve():
             return
 
 
+def _refused(e: BaseException) -> bool:
+    """Did the sandbox refuse what the program tried (memory, a process, a file, a write, the network)?"""
+    return isinstance(e, (MemoryError, BlockingIOError, PermissionError)) or (
+        isinstance(e, OSError) and e.errno in (1, 11, 13, 27, 30, 101))  # EPERM EAGAIN EACCES EFBIG EROFS ENETUNREACH
+
+
 def _entry(space: dict, entry: str):
     """The function the tests call: a name defined by the program, or Class.method of a fresh instance."""
     owner, _, method = entry.rpartition(".")
@@ -587,11 +614,12 @@ def _entry(space: dict, entry: str):
     return space[entry]
 
 
+REFUSED_EXIT = 86  # a stdio run's exit status when the sandbox refused it something (`_refused`)
+
+
 def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict:
     """Run the compiled program once in a forked child on `given` as standard input; its output, or why
     it has none. The child starts from the harness's state, so no run sees another's."""
-    import traceback
-
     source = os.path.join(tmp, ".stdin")
     with open(source, "w", encoding="utf-8") as f:
         f.write(given)
@@ -608,8 +636,10 @@ def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict
         except SystemExit as e:
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except BaseException as e:
+            import traceback
+
             traceback.print_exception(type(e), e, e.__traceback__)
-            status = 2 if isinstance(e, MemoryError) else 1
+            status = REFUSED_EXIT if _refused(e) else 1
         finally:
             try:
                 sys.stdout.flush()
@@ -626,8 +656,7 @@ def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict
         return {"error": f"killed by {signal.Signals(sig).name} {said}".strip(), "status": "refused"}
     code_ = os.WEXITSTATUS(status)
     if code_ != 0:
-        refused = "MemoryError" in said or "BlockingIOError" in said or "PermissionError" in said
-        return {"error": f"exit status {code_}: {said}", **({"status": "refused"} if refused else {})}
+        return {"error": f"exit status {code_}: {said}", **({"status": "refused"} if code_ == REFUSED_EXIT else {})}
     with open(out, "rb") as f:
         output = f.read(cap + 1)
     if len(output) > cap:
@@ -815,4 +844,4 @@ def main(argv: list[str]):
 
 
 if __name__ == "__main__":
-    serve() if sys.argv[1:2] == ["--serve"] else main(sys.argv[1:])
+    main(sys.argv[1:])
