@@ -6,22 +6,21 @@ bench/results/<world>.jsonl; each page must equal what it would write now, and e
 bench/results/<world>.md what `--report` would write.
 
 Commands: every command line in a code block of README.md or docs/*.md (fenced, or indented by four
-spaces), with the block's `NAME=value` lines and a `for` loop's first value substituted. Each one's script must
-exist and take every `--flag` the line passes (read from the script's own `--help`, asked only where the line
-passes flags), and each file it names
-under configs/ or data/ must exist. Then it runs, on CPU, unless it is one of these, which are checked as
-above and not run:
+spaces), with the block's `NAME=value` lines and a `for` loop's first value substituted. Each one's
+script must exist and take every `--flag` the line passes (read from the script's own `--help`, asked
+only where the line passes flags), and each file it names under configs/ or data/ must exist. Then
+it runs on CPU, in the repository root, and must exit 0 within a minute, unless it is one of these,
+which are checked as above and not run:
   - setup (`pip`, `python -m venv`, `.`/`source`): it needs the network or changes the environment;
   - the test suite itself (`python -m pytest`);
   - `torchrun`: several processes, GPUs;
-  - hub-only: a `scope.py` command whose student is neither on disk nor a toy world;
-  - a `scope.py` line that resumes a checkpoint under runs/, which only an earlier full run leaves;
-  - long runs: training, which `scope.py` on a toy config runs instead for one step on tiny random models in
-    place of the world; world builds (`toy.py`, and `bench/ablations.py` unless it only reports: --claims,
-    --report, --pages); `eval.py --model` (it measures a trained model); the benchmarks `bench/bench_*.py`;
-  - a line naming a .jsonl, .json or .yaml file that is not in the repository: an example over the reader's own;
+  - a line naming a path under runs/ or .toy: what only an earlier full run or world build leaves;
+  - a line naming a .jsonl, .json or .yaml file not in the repository: an example over the reader's own;
+  - hub-only: a `scope.py` line whose student is neither on disk nor a toy world (`--plan` included);
+  - long runs: training (a `scope.py` line on a toy config runs instead for one step, on tiny random
+    models in place of the world); world builds (`toy.py`; `bench/ablations.py` unless it only reports:
+    --claims, --report, --pages); `eval.py --model` (it measures a trained model); `bench/bench_*.py`;
   - `make TARGET` runs as `make -n TARGET`: the target must exist, its recipe is not run.
-Anything else runs as written, in the repository root, and must exit 0 within a minute.
 """
 import contextlib
 import io
@@ -177,17 +176,19 @@ def why_not_run(words: list[str]) -> str:
         return "the test suite"
     if words[0] == "torchrun":
         return "torchrun"
-    if script == "scope.py" and "--help" not in args and "--plan" not in args:
+    if any(a.startswith(("runs/", ".toy")) for a in args):
+        return "an earlier run's output"
+    if any(Path(a).suffix in (".jsonl", ".json", ".yaml") and not (ROOT / a).exists() for a in args):
+        return "a file of the reader's own"
+    if script == "scope.py" and "--help" not in args:
         cfg = scope.parse_config(args)
-        return "training" if cfg.build_world or Path(ROOT / cfg.student).exists() else "hub-only"
-    if script == "scope.py" and "--plan" in args and not Path(ROOT / scope.parse_config(args).student).exists():
-        return "hub-only"
+        if not (cfg.build_world or (ROOT / cfg.student).exists()):
+            return "hub-only"
+        return "" if "--plan" in args else "training"
     if script == "toy.py" or (script == "bench/ablations.py" and not set(args) & set(REPORT_ONLY)):
         return "a world build"
     if script == "eval.py" and "--model" in args or script and Path(script).name.startswith("bench_"):
         return "a long run"
-    if any(Path(a).suffix in (".jsonl", ".json", ".yaml") and not (ROOT / a).exists() for a in args):
-        return "a file of the reader's own"
     return ""
 
 
@@ -204,7 +205,7 @@ def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, tmp
             if a.startswith(("configs/", "data/")):
                 assert (ROOT / a).exists(), f"{shown}: no {a}"
     kind = why_not_run(words)
-    if kind == "training" and script == "scope.py" and not any(a.startswith("runs/") for a in args):
+    if kind == "training":
         student, teacher, data = tiny_pair     # one step on the tiny random models, in place of the world
         monkeypatch.chdir(ROOT)
         scope.main([*args, *tiny_args(student, teacher, data, tmp_path / "run", "--eval-data", str(data),
