@@ -204,6 +204,44 @@ def test_tests_of_an_unknown_form_are_a_clear_error():
         vc.grade_code(fenced("print(1)"), {"form": "unit"})
 
 
+# --- eval.py on a code benchmark ----------------------------------------------------------------
+
+
+def test_eval_gives_avg_and_pass_at_k_on_humaneval_and_resumes_without_sampling_again(tmp_path, tokenizer,
+                                                                                     monkeypatch):
+    """Two HumanEval problems, four fixed responses each: problem 0 gets two right programs, a wrong one
+    and prose; problem 1 only wrong ones. Avg@4 = 2/8; Pass@1 = (2/4 + 0) / 2; Pass@4 = (1 + 0) / 2."""
+    import torch
+    from types import SimpleNamespace
+
+    import eval as evaluation
+    from conftest import save_tiny
+
+    rows = vc.humaneval()[:2]
+    right = rows[0]["solution"]
+    wrong = fenced("def has_close_elements(numbers, threshold):\n    return False")
+    responses = {"has_close_elements": [right, wrong, "I am not sure.", right],
+                 "separate_paren_groups": [fenced("def separate_paren_groups(s):\n    return [s]")] * 4}
+    calls = []
+
+    def fixed(model, tokenizer, prompts, n, **kw):
+        calls.append(len(prompts))
+        texts = [r for prompt in prompts for name, group in responses.items() if name in prompt for r in group]
+        return SimpleNamespace(texts=texts, truncated=torch.zeros(len(texts), dtype=torch.bool))
+    monkeypatch.setattr(evaluation, "generate", fixed)
+    model = save_tiny(tmp_path / "model", tokenizer, len(tokenizer))
+    argv = ["--model", str(model), "--benchmarks", "humaneval", "--limit", "2", "--n", "4", "--k", "1,4",
+            "--output-dir", str(tmp_path / "out"), "--max-new-tokens", "4", "--dtype", "float32"]
+    summary = evaluation.main(argv)["humaneval"]
+    assert summary["avg@4"] == pytest.approx(2 / 8)
+    assert summary["pass@1"] == pytest.approx((2 / 4 + 0) / 2) and summary["pass@4"] == pytest.approx(0.5)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [line["verdict"] for line in lines if line["index"] == 0] == ["passed", "failed", "no_code", "passed"]
+    assert {line["answer"] for line in lines} == {"HumanEval/0", "HumanEval/1"}  # the id, not the tests
+    assert calls == [2]
+    assert evaluation.main(argv)["humaneval"] == summary and calls == [2]  # resumed: nothing sampled again
+
+
 # --- the sandbox: each promise against a program that tries to break it ---------------------------
 
 
