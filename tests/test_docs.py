@@ -9,7 +9,7 @@ Commands: every command line in a code block of README.md or docs/*.md (fenced, 
 spaces), with the block's `NAME=value` lines and a `for` loop's first value substituted. Each one's
 script must exist and take every `--flag` the line passes (read from the script's own `--help`, asked
 only where the line passes flags), and each file it names under configs/ or data/ must exist. Then
-it runs on CPU, in the repository root, and must exit 0 within a minute, unless it is one of these,
+it runs on CPU, in a copy of the repository, and must exit 0 within a minute, unless it is one of these,
 which are checked as above and not run:
   - setup (`pip`, `python -m venv`, `.`/`source`): it needs the network or changes the environment;
   - the test suite itself (`python -m pytest`);
@@ -28,6 +28,7 @@ import os
 import re
 import runpy
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -192,8 +193,18 @@ def why_not_run(words: list[str]) -> str:
     return ""
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A copy of the repository, without its environments and outputs, where a command may write what it writes
+    (a report, plots) without touching the pages the tests above compare."""
+    copy = tmp_path_factory.mktemp("checkout") / "repo"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", ".toy*", "__pycache__",
+                                                              ".pytest_cache"))
+    return copy
+
+
 @pytest.mark.parametrize("shown, words", shown_commands(), ids=[c for c, _ in shown_commands()])
-def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, tmp_path, monkeypatch):
+def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, checkout, tmp_path, monkeypatch):
     script, args = script_and_args(words)
     if script:
         assert (ROOT / script).exists(), f"{shown}: no {script}"
@@ -213,7 +224,7 @@ def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, tmp
         assert (tmp_path / "run" / "metrics.jsonl").exists()
     elif not kind:
         run = ["make", "-n", *words[1:]] if words[0] == "make" else [sys.executable, *words[1:]]
-        done = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        done = subprocess.run(run, cwd=checkout, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, f"{shown}: exit {done.returncode}\n{done.stderr[-2000:]}"
 
