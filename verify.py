@@ -7,7 +7,7 @@
 SCOPE routes every rollout through `grade`: a wrong verdict either sends a correct answer to
 teacher correction or reinforces a wrong one. The checker works in four steps, one section each:
 
-1. Extraction: the last \\boxed{...} of the response, else `####`, "the answer is ...", ...
+1. Extraction (verify_extract.py): the last \\boxed{...}, else `####`, "the answer is ...", ...
 2. Normalisation: LaTeX spellings, units, degrees, percent signs and thousands separators go.
 3. Parsing and evaluation: a recursive-descent parser turns an answer into a tree, evaluated
    exactly on `fractions.Fraction` where it can be, in complex floats where not (pi, sqrt 2).
@@ -15,8 +15,9 @@ teacher correction or reinforces a wrong one. The checker works in four steps, o
 4. Structures: tuples and intervals (ordered, brackets matter), sets and lists (unordered),
    unions, matrices, equations and inequalities, multiple-choice letters and plain text.
 
-Standard library only; no `re` and no sympy: strings are scanned by hand. Every input is capped
-in length, nesting depth, number size and exponent; the public functions never raise.
+Standard library only (and verify_extract.py); no `re` and no sympy: strings are scanned by
+hand. Every input is capped in length, nesting depth, number size and exponent; the public
+functions never raise.
 """
 
 import argparse
@@ -26,6 +27,9 @@ import json
 import math
 import random
 from fractions import Fraction
+
+from verify_extract import (ASCII_LOWER, END_OF_TURN, boxed_answer, clean, is_prose, match_brace,
+                            phrase_answer, phrase_start, prose_answer, trim, without_thousands)
 
 MAX_RESPONSE_CHARS = 20_000  # only the tail of a response is searched for the answer
 MAX_ANSWER_CHARS = 2_000  # longer answers are compared verbatim, not parsed
@@ -61,128 +65,42 @@ def is_equivalent(pred: str, gold: str) -> bool:
         if letter and golds[0].replace(" ", "") in (letter, "(" + letter + ")"):
             return _choice(preds[0]) == letter
         return any(p == g or _same(_structure(p), _structure(g)) for p in preds for g in golds
-                   ) or _rounds_to(preds[0], golds[0])
+                   ) or _rounds_to(preds[0], golds[0]) or _rounds_to(golds[0], preds[0], 7)
     except Exception:  # a bug here must cost one verdict, not a training run
         return False
 
 
 def extract_answer(text: str, fallback: bool = False) -> str | None:
-    """The final answer after the last </think> (None if <think> never closes): the last \\boxed{}
-    or \\fbox{} (None if empty or unclosed), else a `####` line, else "the answer is ..." or "Final
-    Answer: ...", else a short one-line response itself, else, with `fallback`, prose's answer."""
+    """The final answer after the last </think> (None if <think> never closes) and before a chat's
+    next turn: the last \\boxed{} or \\fbox{} (None if empty or unclosed), else a `####` line, else
+    "the answer is ..." or "Final Answer: ...", else a short one-line response itself, else, with
+    `fallback`, prose's answer. With `fallback`, a final answer stated after the last box wins."""
     if not isinstance(text, str):
         return None
     try:
+        for marker in END_OF_TURN:  # what follows is the next turn of a chat, not this response
+            text = text.split(marker, 1)[0]
         end = text.rfind("</think>")
         if end >= 0:
             text = text[end + len("</think>"):]
         elif "<think>" in text:
             return None  # the model stopped before it finished thinking
         text = text[-MAX_RESPONSE_CHARS:]
-        answer = _boxed_answer(text)
+        answer = boxed_answer(text)
+        if fallback and answer and phrase_start(text, ("final answer is", "final answer:")) > max(
+                text.rfind("\\boxed"), text.rfind("\\fbox")):
+            answer = None  # a final answer stated after the last box overrides it
         if answer is None and "####" in text:  # GSM8K style
             answer = text[text.rfind("####") + 4:].strip().split("\n")[0]
         if answer is None:
-            answer = _phrase_answer(text)
-        if answer is None and len(text) <= 200 and "\n" not in (_clean(text) or "\n"):
-            prose = sum(len(w) > 2 and w.strip(".,;:").isalpha() for w in text.split()) >= 3
-            answer = None if fallback and prose else text  # a bare answer, maybe in $...$ or \[\]
+            answer = phrase_answer(text)
+        if answer is None and len(text) <= 200 and "\n" not in (clean(text) or "\n"):
+            answer = None if fallback and is_prose(text) else text  # a bare answer, maybe in $...$
         if answer is None and fallback:
-            answer = _prose_answer(text)
-        return None if answer is None else _clean(answer)
+            answer = prose_answer(text)
+        return None if answer is None else clean(answer)
     except Exception:
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. Extraction
-# ---------------------------------------------------------------------------------------------
-
-_PHRASES = ("final answer is", "final answer:", "the answer is", "answer:")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _match_brace(s, i):
-    """Index of the '}' closing the '{' at s[i], or -1. Escaped braces (\\{ \\}) do not count."""
-    depth = 0
-    while i < len(s):
-        depth += (s[i] == "{") - (s[i] == "}")
-        if depth == 0:
-            return i
-        i += 2 if s[i] == "\\" else 1
-    return -1
-
-
-def _boxed_answer(text):
-    """Content of the last box, with boxes just before it that only a connector separates
-    joined by commas (`\\boxed{2} and \\boxed{3}` gives `2, 3`). None when there is no box,
-    '' when the last box is empty or unclosed."""
-    found, end = [], len(text)
-    while len(found) < MAX_ITEMS:
-        start = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
-        if start < 0:
-            break
-        i = start + (6 if text.startswith("\\boxed", start) else 5)
-        i += len(text[i:i + 100]) - len(text[i:i + 100].lstrip(" "))
-        if text.startswith("{", i):
-            stop = _match_brace(text, i) + 1  # 0 when the box is unclosed
-            content = text[i + 1:stop - 1] if stop else None
-        else:
-            stop = i
-            while stop < len(text) and text[stop] not in " \n$":  # the short form: \boxed 5
-                stop += 1
-            content = text[i:stop]
-        if not found and content is None:
-            return ""
-        gap = text[stop:end]  # between two boxes: must only join them, as `$ and $` does
-        for word in ("\\text", "\\quad", "and", "or", "$", ",", ";", "{", "}", "\\(", "\\)"):
-            gap = gap.replace(word, "")
-        if found and (content is None or not content.strip() or stop > end
-                      or len(text[stop:end]) > 40 or gap.strip()):
-            break
-        found.append(content)
-        end = start
-    return ", ".join(reversed(found)) if found else None
-
-
-def _phrase_answer(text):
-    """What follows the last "the answer is" or "Final Answer:" (any case), up to the end of
-    its sentence; the first $...$ in it when there is one. None when no phrase occurs."""
-    low = text.translate(_ASCII_LOWER)  # same length as text, unlike str.lower on all of Unicode
-    start = max(low.rfind(p) + len(p) if low.rfind(p) >= 0 else -1 for p in _PHRASES)
-    if start < 0:
-        return None
-    rest = text[start:].lstrip(" :*\n")
-    for opener, closer in (("$$", "$$"), ("\\[", "\\]"), ("$", "$"), ("\\(", "\\)")):
-        if rest.startswith(opener) and rest.find(closer, len(opener)) > 0:
-            return rest[len(opener):rest.find(closer, len(opener))]
-    line = rest.split("\n")[0]
-    if line.count("$") >= 2:
-        return line.split("$")[1]
-    return line.split(". ")[0].split(".\t")[0]
-
-
-def _prose_answer(text):
-    """The answer of an unmarked response: in its last clause (after the last '. ', ';' or line
-    break), the last $...$, else the last number ('1,250' as 1250; in '12 cm^2' not the 2)."""
-    clause = text.strip().rstrip(".")
-    for stop in (". ", ".\n", "\n", ";"):
-        clause = clause.split(stop)[-1]
-    if clause.count("$") - clause.count("\\$") >= 2:
-        return clause.replace("\\$", "").split("$")[-2]
-    words = [w.strip(".,:!?()") for w in clause.replace("\\$", " ").split()]
-    numbers = [w for w in words if w.lstrip("-").replace(",", "").replace(".", "", 1).isdigit()]
-    return (_without_thousands(numbers[-1]) or numbers[-1]) if numbers else None
-
-
-def _clean(answer):
-    """Strip math delimiters ($, \\( \\), \\[ \\]), markdown bold and trailing punctuation."""
-    s = answer.strip().strip("*").strip().rstrip(".,;:").strip()
-    for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
-        if s.startswith(opener) and s.endswith(closer):
-            s = s[len(opener):-len(closer)]
-    s = "".join(c for k, c in enumerate(s) if c != "$" or (k > 0 and s[k - 1] == "\\"))
-    return s.strip().rstrip(".,;:").strip() or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,9 +119,10 @@ _UNICODE = str.maketrans({
 # LaTeX command -> replacement; "" deletes it. \( \) \[ \] are math delimiters here.
 _COMMANDS = {
     **dict.fromkeys("left right big Big bigl bigr Bigl Bigr displaystyle textstyle limits boxed fbox"
-                    " operatorname textbf mathbf mathit boldsymbol bm mathbb , ! ; : $ ( ) [ ]"
+                    " operatorname mathbf mathit boldsymbol bm mathbb , ! ; : $ ( ) [ ]"
                     .split(" "), ""),
-    **dict.fromkeys("mbox textrm textnormal textup textit textsf texttt mathrm".split(), "\\text"),
+    **dict.fromkeys("mbox textbf textrm textnormal textup textit textsf texttt mathrm".split(),
+                    "\\text"),
     " ": " ", "quad": " ", "qquad": " ", "%": "%", "dfrac": "\\frac", "tfrac": "\\frac",
     "cfrac": "\\frac", "dbinom": "\\binom", "tbinom": "\\binom", "cdot": "*", "times": "*",
     "ast": "*", "div": "/", "lt": "<", "gt": ">", "leq": "\\le", "leqslant": "\\le", "geq": "\\ge",
@@ -260,7 +179,7 @@ def _resolve_text(s):
         name, k = _command_at(s, c) if c < n else ("", n)
         while k < n and s[k] == " ":
             k += 1
-        j = _match_brace(s, k) if name == "text" and k < n and s[k] == "{" else -1
+        j = match_brace(s, k) if name == "text" and k < n and s[k] == "{" else -1
         if j < 0:
             out.append(s[c:k])
             i = k
@@ -274,7 +193,7 @@ def _resolve_text(s):
                 c.isalnum() or c in " /^.-" for c in content):
             end = j + 1  # take the scripts too: \text{cm}^2, \text{s}^{-1}, \text{M}_{\odot}
             while s.startswith(("^", "_"), end):
-                close = _match_brace(s, end + 1) if s.startswith("{", end + 1) else -2
+                close = match_brace(s, end + 1) if s.startswith("{", end + 1) else -2
                 if close == -1:
                     break
                 end = close + 1 if close >= 0 else min(end + 2 + s.startswith("-", end + 1), n)
@@ -309,7 +228,7 @@ def _drop_words(s):
         units.append(words.pop())
     if not units or not any(c.isdigit() for w in words for c in w):
         return " ".join(words + units[::-1])
-    signs = {"degree": "\u00b0", "degrees": "\u00b0", "percent": "%"}
+    signs = {"degree": "\u00b0", "degrees": "\u00b0", "percent": "%", "percentage": "%", "pct": "%"}
     return " ".join(words) + "".join(signs.get(u.lower(), "") for u in units)
 
 
@@ -323,21 +242,14 @@ def _closes_at_end(s):
     return False
 
 
-def _without_thousands(s):
-    """'10,080' or '-1,000,000.5' without its separators; None if s is not written so."""
-    body = s.replace(" ", "")
-    sign = "-" if body.startswith("-") else ""
-    groups = body.lstrip("-").split(",")
-    groups[-1], _, decimals = groups[-1].partition(".")
-    if (len(groups) < 2 or not 1 <= len(groups[0]) <= 3 or any(len(g) != 3 for g in groups[1:])
-            or not all(g.isdigit() for g in groups) or (decimals and not decimals.isdigit())):
-        return None
-    return sign + "".join(groups) + ("." + decimals if decimals else "")
-
-
 @functools.lru_cache(maxsize=4096)
 def _readings(answer):
     """The canonical ways to read a bare answer: '50%' may mean 50 or 0.5, '90°' 90 or pi/2."""
+    for old, new in ((",\\! ", ","), (",\\!", ","), ("\u2248", "\\approx")):  # 1,\! 250 is 1250
+        answer = answer.replace(old, new)
+    approx = answer.find("\\approx")
+    if "=" in answer[:max(approx, 0)]:  # x = 1/3 \approx 0.33: the exact value is the answer
+        answer = answer[:approx]
     parts = answer.split("\u221a")  # √13 is \sqrt{13}: the radical covers the number after it
     for k, part in enumerate(parts[1:], 1):
         end = len(part) - len(part.lstrip(_DIGITS + "."))
@@ -349,10 +261,10 @@ def _readings(answer):
                      ("^{\u00b0}", "\u00b0"), ("^\u00b0", "\u00b0")):
         s = s.replace(old, new)
     degrees, percent = "\u00b0" in s, "%" in s
-    s = s.replace("\u00b0", "").replace("%", "").strip(" =").rstrip(".,").strip()  # \approx 3.7
+    s = trim(s.replace("\u00b0", "").replace("%", "").strip(" ="))  # '\approx 3.7' is '= 3.7'
     while s.startswith("{") and _closes_at_end(s):
         s = s[1:-1].strip()
-    s = _without_thousands(s) or s
+    s = without_thousands(s) or s
     return (s,) + ("(" + s + ")/100",) * percent + ("(" + s + ")*\\pi/180",) * degrees
 
 
@@ -374,7 +286,7 @@ def _name_suffix(s, i, name):
     """Subscripts and primes are part of a variable's name: x_0, x_{10}, \\omega_n, y'."""
     if s.startswith("_", i) and i + 1 < len(s):
         if s[i + 1] == "{":
-            j = _match_brace(s, i + 1)
+            j = match_brace(s, i + 1)
             if j < 0:
                 raise _Unparsed("unclosed subscript")
             sub, i = s[i + 2:j], j + 1
@@ -411,13 +323,13 @@ def _tokenize(s):
                 j = _digits_end(s, k)
             text = s[i:j].lower()
             if "." in text and s.startswith("\\overline{", j):  # 0.1\overline{6} repeats the 6
-                k = _match_brace(s, j + 9)
+                k = match_brace(s, j + 9)
                 if k > j + 10 and all(d in _DIGITS for d in s[j + 10:k]):
                     text, j = text + "r" + s[j + 10:k], k + 1
             toks.append(("num", text))
             i = j
             if s.startswith("_", i):  # a base, as in 52_8: the digits are the answer
-                i = _match_brace(s, i + 1) + 1 if s.startswith("{", i + 1) else i + 2
+                i = match_brace(s, i + 1) + 1 if s.startswith("{", i + 1) else i + 2
                 if i == 0:
                     raise _Unparsed("unclosed base")
         elif c == "\\":
@@ -427,7 +339,7 @@ def _tokenize(s):
             kind = ("op" if name in _OPERATOR_COMMANDS else "func" if name in _FUNCTIONS
                     else "const" if name in ("pi", "infty") else "name")
             if kind == "name" and name in _ACCENTS and s.startswith("{", i):  # \dot{x}: one name
-                j = _match_brace(s, i)
+                j = match_brace(s, i)
                 if j < 0:
                     raise _Unparsed("unclosed accent")
                 name, i = name + s[i:j + 1].replace(" ", ""), j + 1
@@ -497,7 +409,13 @@ def _parse(s):
         return terms[0] if len(terms) == 1 else ("+", *terms)
 
     def term():
+        n, head = len(toks), toks[-2:]  # the next tokens, last first: is the term a whole number?
         factors = [signed()]
+        whole = n - len(toks) == 1 and head[-1][0] == "num" or n - len(toks) == 2 and head[-1] in (
+            ("op", "-"), ("op", "+")) and head[0][0] == "num"
+        if whole and head[-(n - len(toks))][1].isdigit() and (proper := mixed_fraction()):
+            factors = [("num", factors[0][1] + proper) if factors[0][0] == "num" else (
+                "neg", ("num", factors[0][1][1] + proper))]  # 4 4/9 is four and four ninths
         while True:
             tok = peek()
             if accept("*") or accept("/"):
@@ -516,6 +434,16 @@ def _parse(s):
                         factors.append(factor)
             else:
                 return factors[0] if len(factors) == 1 else ("*", *factors)
+
+    def mixed_fraction():
+        """The proper fraction p/q of integers that follows, consumed, or None: 4 4/9, not 4 7/6."""
+        if len(toks) < 3 or toks[-2] != ("op", "/") or toks[-4:-3] == [("op", "^")] or not all(
+                t[0] == "num" and t[1].isdigit() for t in (toks[-1], toks[-3])):
+            return None
+        if int(toks[-1][1]) >= int(toks[-3][1]):
+            return None
+        p, _, q = take(), take(), take()
+        return Fraction(int(p[1]), int(q[1]))
 
     def signed():
         if peek() in (("op", "-"), ("op", "+")):
@@ -791,7 +719,7 @@ def _expand_pm(s):
 
 def _text(s):
     """Canonical text: lower case, without a leading article, spaces or braces."""
-    words = s.translate(_ASCII_LOWER).replace("{", " ").replace("}", " ").split()
+    words = s.translate(ASCII_LOWER).replace("{", " ").replace("}", " ").split()
     if len(words) > 1 and words[0] in ("a", "an", "the"):
         words = words[1:]
     return ("text", "".join(words))
@@ -826,7 +754,7 @@ def _structure(s, depth=0):
     if s.startswith("\\begin{"):
         body = s[s.find("}") + 1:s.rfind("\\end{")]  # \begin{pmatrix} a & b \\ c & d \end{pmatrix}
         if s.startswith("\\begin{array}") and body.lstrip().startswith("{"):  # column spec {cc}
-            body = body.lstrip()[_match_brace(body.lstrip(), 0) + 1:]
+            body = body.lstrip()[match_brace(body.lstrip(), 0) + 1:]
         rows = [r for r in _split_top(body, ("\\\\",))[0] if r]
         if not rows or len(rows) > MAX_ITEMS:
             return _text(s)
@@ -843,6 +771,8 @@ def _structure(s, depth=0):
             len(r) >= 2 and not r.startswith(_FUNCTIONS) for r in runs):
         return _text(s)
     sides, ops = _split_top(s, _RELATIONS)
+    if len(ops) > 1 and set(ops) == {"="} and _is_name(sides[0]):  # x = 2 + 3 = 5 answers x = 5
+        sides, ops = [sides[0], sides[-1]], ["="]
     if ops == ["="] and "," in sides[0] and _is_name(sides[0]):  # (a, b) = (1, 5) names a pair
         return ("rel", ("=",), (_text(sides[0]), _structure(sides[1], depth + 1)),
                 "(" + ",".join(_text(n)[1] for n in _split_top(sides[0][1:-1], (",",))[0]) + ")")
@@ -943,14 +873,17 @@ def _same(p, g):
     return False
 
 
-def _rounds_to(pred, gold):
-    """Does an exact value round to a decimal gold of 3 or more significant digits (11/3, 3.67)?"""
-    digits = gold.lstrip("-").replace(".", "", 1)
-    if "." not in gold or not digits.isdigit() or len(digits.lstrip("0")) < 3:
+def _rounds_to(exact, decimal, least=3):
+    """Does an exact value round to a decimal of `least` or more significant digits (11/3 to
+    3.67)? A gold decimal of 3 digits accepts its exact value; an answer needs 7 (0.0833333333333333
+    for 1/12), the precision at which irrational values are compared, so 0.333 is not 1/3."""
+    digits = decimal.lstrip("-").replace(".", "", 1)
+    if "." not in decimal or not digits.isdigit() or len(digits.lstrip("0")) < least:
         return False
-    p = _structure(pred)
+    p = _structure(exact)
     x = _values(p[1], ())[0] if p[0] == "expr" and not _variables(p[1]) else None
-    return x is not None and abs(x - Fraction(gold)) * 10 ** (len(gold) - gold.find(".")) <= 5
+    unit = Fraction(1, 10 ** (len(decimal) - decimal.find(".") - 1))  # of the last digit
+    return x is not None and abs(x - Fraction(decimal)) <= unit / 2
 
 
 def _choice(s):

@@ -17,16 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench", "gsm8k_test")
 
 
-def test_verify_imports_neither_re_nor_regex_nor_sympy():
-    tree = ast.parse((ROOT / "verify.py").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("path", ["verify.py", "verify_extract.py"])
+def test_verify_imports_the_standard_library_only_and_neither_re_nor_sympy(path):
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported  # the walk found the imports
-    assert not imported & {"re", "regex", "sympy"}
+    assert imported or path == "verify_extract.py"  # the walk found verify.py's imports
+    assert imported <= {"argparse", "cmath", "functools", "json", "math", "random", "fractions",
+                        "verify_extract"}
+
+
+def test_verify_stays_under_1000_lines():
+    assert len((ROOT / "verify.py").read_text(encoding="utf-8").splitlines()) < 1000
 
 
 def test_public_functions_come_first():
@@ -162,6 +168,12 @@ ADVERSARIAL = {
     "ten thousand items": ",".join(["1"] * 10_000),
     "many plus-minus": "1" + "\\pm 1" * 30,
     "a megabyte of think tags": "<think>" * 150_000,
+    "a hundred thousand math spans": "$1$ and " * 100_000,
+    "an unclosed dollar before a long prose": "so $" + "1 and " * 100_000,
+    "a hundred thousand end-of-turn markers": "<|im_start|>" * 100_000,
+    "three hundred mixed numbers": "1 1/2 " * 300,
+    "a long chain of equalities": "x = " + " = ".join(["1 + 1"] * 300),
+    "a long chain of approximations": "x = 1" + " \\approx 1" * 1_000,
 }
 
 
@@ -260,3 +272,95 @@ def test_every_conventions_case_is_graded_as_labelled_for_its_mode(mode):
              if verify.grade(response, gold, fallback=mode == "fallback")
              is not (expected and (marked or mode == "fallback"))]
     assert wrong == []
+
+
+# --- Math-Verify's test suite, read as a specification (tests/verify_conventions.py) ----------
+
+
+@pytest.mark.parametrize("mode", ["strict", "fallback"])
+def test_math_verify_cases_are_graded_as_labelled_but_for_the_listed_gaps(mode):
+    from verify_conventions import GAPS, MATH_VERIFY_CASES
+    wrong = {(response, gold) for _, response, gold, expected, marked in MATH_VERIFY_CASES
+             if verify.grade(response, gold, fallback=mode == "fallback")
+             is not (expected and (marked or mode == "fallback"))}
+    assert wrong == (set(GAPS) if mode == "fallback" else set())
+
+
+def test_every_disagreement_with_math_verify_is_a_case_with_the_other_verdict_and_a_reason():
+    from verify_conventions import DISAGREEMENTS, MATH_VERIFY_CASES
+    labels = {(case[1], case[2]): case[3] for case in MATH_VERIFY_CASES}
+    for key, (math_verify_says, reason) in DISAGREEMENTS.items():
+        assert labels[key] is not math_verify_says, key
+        assert len(reason.split()) >= 5, key
+
+
+def test_no_math_verify_case_labelled_false_is_accepted_in_either_mode():
+    from verify_conventions import MATH_VERIFY_CASES
+    for _, response, gold, expected, _ in MATH_VERIFY_CASES:
+        if not expected:
+            assert not verify.grade(response, gold), (response, gold)
+            assert not verify.grade(response, gold, fallback=True), (response, gold)
+
+
+def test_a_mixed_number_is_a_whole_number_and_a_proper_fraction():
+    assert verify.is_equivalent("4 4/9", "40/9")
+    assert verify.is_equivalent("-4 4/9", "-40/9")
+    assert not verify.is_equivalent("4 7/6", "31/6")  # not proper: 4 times 7/6
+    assert verify.is_equivalent("4 7/6", "28/6")
+    assert not verify.is_equivalent("(4) 4/9", "40/9")  # 4 times 4/9
+    assert not verify.is_equivalent("4.0 4/9", "40/9")
+
+
+def test_spaces_group_thousands_but_a_comma_and_a_space_separate_two_numbers():
+    assert verify.is_equivalent("1 000 000", "1000000")
+    assert verify.is_equivalent("32,\\! 349", "32349")
+    assert not verify.is_equivalent("32, 349", "32349")
+    assert verify.is_equivalent("32, 349", "349, 32")
+
+
+def test_a_chain_of_equalities_from_a_name_answers_with_its_last_side():
+    assert verify.grade("\\boxed{x = 2 + 3 = 5}", "5")
+    assert verify.grade("\\boxed{x = 2 + 3 = 5}", "x = 5")
+    assert not verify.grade("\\boxed{x = 2 + 3 = 6}", "5")
+    assert not verify.grade("\\boxed{2x + 3 = 7}", "7")  # the left side names nothing
+
+
+def test_an_approximation_after_an_exact_value_does_not_replace_it():
+    assert verify.grade("\\boxed{x = \\frac{1}{3} \\approx 0.33}", "\\frac{1}{3}")
+    assert not verify.grade("\\boxed{x = \\frac{1}{3} \\approx 0.33}", "0.34")
+    assert verify.grade("\\boxed{t \\approx 3.7}", "3.7")  # no exact value before it
+
+
+def test_a_decimal_answer_matches_an_exact_gold_only_with_seven_significant_digits():
+    assert not verify.is_equivalent("0.0833333", "\\frac{1}{12}")  # six
+    assert verify.is_equivalent("0.08333333", "\\frac{1}{12}")  # seven
+    assert not verify.is_equivalent("0.08333334", "\\frac{1}{12}")  # seven, rounded wrongly
+
+
+def test_prose_gives_the_last_value_of_its_last_clause():
+    def answer(text):
+        return verify.extract_answer(text, fallback=True)
+    assert answer("Final Answer: The volume of $V$ is 120. I hope it is correct.") == "120"
+    assert answer("So the error increases by 100%.") == "100%"
+    assert answer("so the price is 10 which is 1,000.99\u20ac") == "1000.99"
+    assert answer("so the area is 10 which is 1,000.99m\u00b2") == "1000.99"
+    assert answer("There are 4 objects and 4/9 remain.") == "4/9"
+    assert answer("So the answer follows: we get $x = 2$ when y is 3.") == "3"
+    assert answer("We find that $x \\lt 3$.") == "x \\lt 3"
+    assert answer("So the final result equals 2x.") is None  # 2x is an expression, not 2
+    assert answer("The total is 12. I hope it is correct.") == "12"
+
+
+def test_text_after_an_end_of_turn_marker_is_not_part_of_the_response():
+    assert verify.extract_answer("so \\boxed{3}. <|im_start|>user Now \\boxed{5}") == "3"
+
+
+def test_a_final_answer_after_the_last_box_overrides_it_only_in_evaluation():
+    text = "first \\boxed{200}, then \\boxed{255}. Final Answer: The final answer is $10,455$."
+    assert verify.extract_answer(text) == "255"
+    assert verify.extract_answer(text, fallback=True) == "10,455"
+
+
+def test_an_ellipsis_is_part_of_the_answer():
+    assert not verify.grade("$1, 2, 3, ...$", "1, 2, 3")
+    assert verify.grade("$1, 2, 3.$", "1, 2, 3")
