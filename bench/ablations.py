@@ -94,6 +94,7 @@ VARIANTS = {  # name: scope.py flags on top of the world's config
     "tau_0.5": ["--tau", "0.5"],
     "tau_2": ["--tau", "2"],
     "released": preset_flags(ROOT / "configs" / "released.yaml"),  # the authors' code's conventions
+    "grpo": ["--algorithm", "grpo"],                        # the paper's RL baseline: no teacher, SCOPE's rollouts
 }
 
 
@@ -349,22 +350,24 @@ def table(results: list[dict], variants: list[str], world: str) -> str:
 
 
 def paired_table(results: list[dict], variants: list[str]) -> str:
-    """Markdown: per variant, its paired difference from SCOPE (variant - scope, same build, seed and step),
-    mean [95% t-interval], on Avg@8 at each eval step after 0 and on Pass@8 at the last."""
+    """Markdown: per variant, its paired difference from SCOPE (variant - scope, same build, seed and step)."""
+    return pairs_table(results, "variant - scope", [(v, v, "scope") for v in variants if v != "scope"])
+
+
+def pairs_table(results: list[dict], head: str, comparisons: list[tuple[str, str, str]]) -> str:
+    """Markdown: per (label, a, b) whose pairs finished, a - b paired by build and seed, mean [95% t-interval],
+    on Avg@8 at each eval step after 0 and on Pass@8 at the last."""
     steps = sorted({r["step"] for r in results} - {0})
     if not steps:
         return "(no run has finished a step after 0)"
     columns = [(f"Avg@{SAMPLES} step {s}", s, f"avg@{SAMPLES}") for s in steps]
     columns += [(f"Pass@{SAMPLES} step {steps[-1]}", steps[-1], f"pass@{SAMPLES}")]
-    lines = ["| variant - scope | pairs | " + " | ".join(c[0] for c in columns) + " |",
-             "|---|---:|" + "---:|" * len(columns)]
-    for v in variants:
-        if v == "scope" or not differences(results, v, "scope", steps[-1], f"avg@{SAMPLES}"):
-            continue
-        cells = [interval_text(paired(d), len(d)) for _, s, key in columns
-                 for d in [differences(results, v, "scope", s, key)]]
-        lines.append(f"| {v} | {len(differences(results, v, 'scope', steps[-1], f'avg@{SAMPLES}'))} | "
-                     + " | ".join(cells) + " |")
+    lines = [f"| {head} | pairs | " + " | ".join(c[0] for c in columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for label, a, b in comparisons:
+        if pairs := len(differences(results, a, b, steps[-1], f"avg@{SAMPLES}")):
+            lines.append(f"| {label} | {pairs} | " + " | ".join(
+                interval_text(paired(d), len(d)) for _, s, key in columns for d in [differences(results, a, b, s, key)])
+                         + " |")
     return "\n".join(lines)
 
 
@@ -547,21 +550,6 @@ def coverage(results: list[dict]) -> str:
                      for (b, s, n), vs in groups.items())
 
 
-def minus_scope_table(results: list[dict]) -> str:
-    """Markdown: SCOPE minus each variant (the claims' sign: > 0 is SCOPE ahead), and routing alone (no_dpaw -
-    opd_g8), paired, mean [95% t-interval], on Avg@8 at each eval step after 0 and Pass@8 at the last."""
-    steps = sorted({r["step"] for r in results} - {0})
-    columns = [(f"Avg@{SAMPLES} step {s}", s, f"avg@{SAMPLES}") for s in steps]
-    columns += [(f"Pass@{SAMPLES} step {steps[-1]}", steps[-1], f"pass@{SAMPLES}")]
-    lines = ["| comparison | pairs | " + " | ".join(c[0] for c in columns) + " |", "|---|---:|" + "---:|" * len(columns)]
-    for a, b in [("scope", v) for v in VARIANTS if v != "scope"] + [("no_dpaw", "opd_g8")]:
-        if pairs := len(differences(results, a, b, steps[-1], f"avg@{SAMPLES}")):
-            lines.append(f"| {a} - {b} | {pairs} | " + " | ".join(
-                interval_text(paired(d), len(d)) for _, s, key in columns for d in [differences(results, a, b, s, key)])
-                         + " |")
-    return "\n".join(lines)
-
-
 def by_seeds_table(results: list[dict]) -> str:
     """Markdown: each claim's intervals at the last step over the first seed, the first two, ...: what each
     further seed changed."""
@@ -625,10 +613,13 @@ def findings(results: list[dict]) -> str:
         lines.append(f"- In prompts whose correct rollouts take both routes, the unlikely route holds "
                      f"{weight['mle_unlikely_count']:.3f} of the correct rollouts and gets "
                      f"{weight['mle_unlikely_weight']:.3f} of SCOPE's MLE weight.")
+    comparisons = [(f"scope - {v}", "scope", v) for v in VARIANTS if v != "scope"]
+    comparisons.append(("no_dpaw - opd_g8", "no_dpaw", "opd_g8"))
     return ("\n".join(lines) + f"\n\nSCOPE minus each variant (> 0: SCOPE ahead), and routing alone, weights uniform "
             f"(no_dpaw - opd_g8); paired by build and seed, mean [95% t-interval over the pairs]:\n\n"
-            f"{minus_scope_table(results)}\n\nThe claims' intervals at step {last} over the first seeds only (pairs "
-            f"in brackets), to show what each further seed changed:\n\n{by_seeds_table(results)}")
+            f"{pairs_table(results, 'comparison', comparisons)}\n\nThe claims' intervals at step {last} over the "
+            f"first seeds only (pairs in brackets), to show what each further seed changed:\n\n"
+            f"{by_seeds_table(results)}")
 
 
 # -----------------------------------------------------------------------------
