@@ -690,7 +690,7 @@ def code_rows(name: str, source: str = "", limit: int = 0) -> list[dict]:
     elif name == "livecodebench":
         rows = livecodebench(_hub_rows(source, "test"))
     elif name == "codeforces":
-        rows = taco(_hub_rows(source, "train"), held_out=True)
+        rows = keep_solved(taco(_hub_rows(source, "train"), held_out=True), "codeforces")
     else:
         raise ValueError(f"unknown code benchmark {name!r}; choose from {', '.join(CODE_BENCHMARKS)}")
     return rows[:limit or None]
@@ -730,9 +730,11 @@ def taco(hub_rows, held_out: bool | None = None) -> list[dict]:
             continue
         suffix = FUNCTION_SUFFIX if tests["form"] == "call" else STDIO_SUFFIX
         starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
+        solutions = json.loads(r.get("solutions") or "[]")
         rows.append({"id": r.get("url") or f"taco-{i}", "answer": r.get("url") or f"taco-{i}",
                      "problem": f"{r['question']}{starter}\n{suffix}", "tests": tests,
-                     "codeforces": "codeforces" in str(r.get("source", "")).lower()})
+                     "codeforces": "codeforces" in str(r.get("source", "")).lower(),
+                     "solution": f"```python\n{solutions[0]}\n```" if solutions else None})
     if dropped:
         print(f"TACO: {dropped} rows without tests dropped of {len(rows) + dropped}", file=sys.stderr)
     if held_out is not None:
@@ -740,6 +742,17 @@ def taco(hub_rows, held_out: bool | None = None) -> list[dict]:
         drawn = set(random.Random(HELD_OUT_SEED).sample(codeforces, min(HELD_OUT, len(codeforces))))
         rows = [r for i, r in enumerate(rows) if (i in drawn) == held_out]
     return rows
+
+
+def keep_solved(rows: list[dict], name: str, sandbox: str = "bwrap") -> list[dict]:
+    """The rows whose reference solution ("solution") passes their own tests; the others (and rows
+    without a reference) are dropped, counted and named on standard error."""
+    verdicts = grade_many([(r["solution"] or "", r["tests"]) for r in rows], sandbox)
+    dropped = [r["id"] for r, v in zip(rows, verdicts) if not v.passed]
+    if dropped:
+        print(f"{name}: {len(dropped)} of {len(rows)} problems dropped, their reference solution failing their "
+              f"tests: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}", file=sys.stderr)
+    return [r for r, v in zip(rows, verdicts) if v.passed]
 
 
 def _taco_tests(spec, i: int) -> dict | None:
@@ -761,14 +774,16 @@ def _taco_tests(spec, i: int) -> dict | None:
 
 def livecodebench(hub_rows, window: tuple[str, str] = LCB_WINDOW) -> list[dict]:
     """LiveCodeBench's problems whose contest_date falls in [start, end) as tests: public and private
-    cases, standard input and output (numbers equal as decimals), or calls of Solution.<func_name>."""
-    rows = []
+    cases, standard input and output (numbers equal as decimals), or calls of Solution.<func_name>.
+    Rows without test cases are dropped, counted and named."""
+    rows, dropped = [], []
     for i, r in enumerate(hub_rows):
         if not window[0] <= str(r.get("contest_date", ""))[:10] < window[1]:
             continue
         cases = _lcb_cases(r.get("public_test_cases"), i) + _lcb_cases(r.get("private_test_cases"), i)
         if not cases:
-            raise ValueError(f"LiveCodeBench row {i} ({r.get('question_id')}): no test cases")
+            dropped.append(f"row {i} ({r.get('question_id')})")
+            continue
         starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
         if cases[0].get("testtype") == "functional":
             entry = "Solution." + json.loads(r.get("metadata") or "{}").get("func_name", "")
@@ -780,6 +795,8 @@ def livecodebench(hub_rows, window: tuple[str, str] = LCB_WINDOW) -> list[dict]:
         rows.append({"id": r["question_id"], "answer": r["question_id"], "tests": tests,
                      "problem": f"{r['question_content']}{starter}\n"
                                 f"{FUNCTION_SUFFIX if tests['form'] == 'call' else STDIO_SUFFIX}"})
+    if dropped:
+        print(f"LiveCodeBench: {len(dropped)} rows without test cases dropped: {', '.join(dropped)}", file=sys.stderr)
     return rows
 
 

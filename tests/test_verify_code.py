@@ -193,10 +193,19 @@ def test_compressed_cases_that_name_a_class_are_refused_not_run():
         vc._lcb_cases(bad, 7)
 
 
-def test_a_livecodebench_row_without_tests_is_a_clear_error():
+def test_a_livecodebench_row_without_tests_is_dropped_and_named(capsys):
     row = {"question_id": "x1", "contest_date": "2024-10-01", "public_test_cases": "[]", "private_test_cases": ""}
-    with pytest.raises(ValueError, match=r"row 0 \(x1\): no test cases"):
-        vc.livecodebench([row])
+    assert vc.livecodebench([row]) == []
+    assert "1 rows without test cases dropped: row 0 (x1)" in capsys.readouterr().err
+
+
+def test_problems_whose_reference_solution_fails_are_dropped_and_counted(capsys):
+    rows = vc.taco(vc._hub_rows(str(FIXTURES / "taco.jsonl"), "train"))
+    rows[1] = {**rows[1], "solution": fenced("print(0)")}  # a reference that fails its own tests
+    rows[2] = {**rows[2], "solution": None}                # and none at all
+    kept = vc.keep_solved(rows, "fixture")
+    assert kept == rows[:1]
+    assert "fixture: 2 of 3 problems dropped" in capsys.readouterr().err
 
 
 def test_tests_of_an_unknown_form_are_a_clear_error():
