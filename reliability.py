@@ -261,9 +261,10 @@ def stop_for_space(out_dir: Path, tmp: Path, need: int, cfg, rank: int, error: B
         newest, _ = newest_intact(out_dir)
         free = disk_free(out_dir)
         failed = f"a write failed ({one_line(error)}); " if error is not None else ""
+        more = f" (at least {size(need - free)})" if need > free else ""  # a quota, or a first estimate too low
         print(f"\nstopped: the disk holding {out_dir} is full: {failed}a checkpoint needs {size(need)} and "
               f"{size(free)} is free (the partial checkpoint removed). The newest intact checkpoint is "
-              f"{newest or 'none: nothing of this run is saved'}.\nFree at least {size(need - free)} there, or lower "
+              f"{newest or 'none: nothing of this run is saved'}.\nFree space there{more}, or lower "
               f"keep_checkpoints (now {cfg.keep_checkpoints}: the run keeps that many and writes one more before it "
               f"removes the oldest), then continue with --resume auto", file=sys.stderr)
     sys.exit(1)
