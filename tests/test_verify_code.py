@@ -286,6 +286,15 @@ def test_a_program_cannot_write_outside_its_directory(tmp_path):
     assert not any(t.exists() for t in targets)
 
 
+def test_files_past_their_limit_and_past_the_size_of_tmp_are_refused():
+    big = "with open('/tmp/big', 'wb') as f:\n    f.write(bytes(%d))" % (vc.FILE_BYTES + 1)
+    many = ("for i in range(8):  # 8 files of 16 MiB, in 64 MiB\n    with open(f'/tmp/part{i}', 'wb') as f:\n"
+            "        f.write(bytes(%d))") % (vc.FILE_BYTES - 1)
+    for program in (big, many):
+        verdict = vc.grade_code(fenced(program + "\nprint(1)"), stdio(("", "1")))
+        assert verdict.status == "refused", verdict
+
+
 def test_a_program_cannot_read_the_graders_environment(monkeypatch):
     secret = "hf_" + os.urandom(8).hex()
     monkeypatch.setenv("HF_TOKEN", secret)
@@ -425,6 +434,17 @@ def test_the_process_mode_is_asked_for_by_name_and_warns_once(monkeypatch):
     vc.check_sandbox.cache_clear()
     assert [v.status for v in verdicts] == ["passed", "passed"]
     assert len([w for w in caught if "sandbox='process'" in str(w.message)]) == 1
+
+
+def test_the_docstring_states_each_limit_at_its_value():
+    doc = vc.__doc__.replace("\n  ", " ")
+    for name, said in (("WALL_S", "6 s of wall time per test"), ("TOTAL_S", "30 s for all"), ("CPU_S", "30 s of CPU"),
+                       ("MEMORY_BYTES", "1 GiB"), ("PROCESSES", "32 processes"), ("FILE_BYTES", "16 MiB"),
+                       ("TMP_BYTES", "64 MiB"), ("OPEN_FILES", "64 open files"), ("OUTPUT_BYTES", "1 MiB of output")):
+        value = getattr(vc, name)
+        number = float(said.split()[0])
+        unit = {"GiB": 1 << 30, "MiB": 1 << 20}.get(said.split()[1], 1)
+        assert said in doc and f"({name})" in doc and value == number * unit, name
 
 
 def test_the_grader_uses_no_regular_expressions():
