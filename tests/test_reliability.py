@@ -119,13 +119,12 @@ def test_sigterm_stops_at_a_step_boundary_saves_and_says_how_to_resume(tiny_pair
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_pair, tmp_path, monkeypatch, capsys):
     student, teacher, data = tiny_pair
     run = tmp_path / "run"
-    real_loss = scope.scope_loss
+    real_logprobs = scope.token_logprobs
 
-    def nan_loss(*args, **kwargs):
-        loss, info = real_loss(*args, **kwargs)
-        return loss * float("nan"), info
+    def nan_logprobs(*args, **kwargs):  # the update's log-probs, hence its loss and gradient
+        return real_logprobs(*args, **kwargs) * float("nan")
 
-    monkeypatch.setattr(scope, "scope_loss", nan_loss)
+    monkeypatch.setattr(scope, "token_logprobs", nan_logprobs)
     with pytest.raises(SystemExit):
         scope.main(tiny_args(student, teacher, data, run, "--max-steps", "5", "--max-bad-steps", "2",
                              "--save-every", "1"))
@@ -399,7 +398,7 @@ def test_the_plan_says_the_disk_of_keep_checkpoints_plus_one(tiny_pair, tmp_path
     plan.print_plan(cfg)
     params = plan.read_shape("student", str(model)).params
     each = plan.checkpoint_bytes(params)
-    assert 16 * params < each and f"disk: {4 * each / 1e9:.1f} GB in output_dir for checkpoints of {each / 1e9:.1f} GB " \
+    assert 16 * params < each and f"disk: {4 * each / 1e9:.3g} GB in output_dir for checkpoints of {each / 1e9:.3g} GB " \
                                   f"(keep_checkpoints 3, and one more" in capsys.readouterr().out
 
 
