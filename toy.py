@@ -419,32 +419,21 @@ def build_premises(root: str | Path, build_seed: int = 0, n_train: int = 4000, n
                    steps: dict = PREMISES_SFT_STEPS, premise_problems: int = PREMISE_PROBLEMS) -> Path:
     """Build the premises world from `build_seed` in `root` unless it is already there; returns `root`.
     n_train, n_test, steps and premise_problems make a small one quickly (the tests')."""
-    root = Path(root)
-    if built(root, "premises", build_seed):
-        return root
-    start = time.time()
-    data_seed, student_seed, teacher_seed = build_seeds(build_seed)
-    with pinned():
-        train, test = problem_sets(make_premises_problem, random.Random(data_seed), n_train, n_test)
-        tokenizer = routes_tokenizer(train, lambda a, op, b: [worked(a, op, b, way, borrows)[0] for way in
-                                                              ("columns", "places") for borrows in (True, False)])
-        student, teacher = untrained_pair(tokenizer, student_seed, teacher_seed)
-        sft(student, tokenizer, train, steps["student"], seed=student_seed, write=premises_writer("student"))
-        sft(teacher, tokenizer, train, steps["teacher"], seed=teacher_seed, write=premises_writer("teacher"))
-        save_world(root, tokenizer, student, teacher, train, test)  # first: generating sets the tokenizer's padding
+    def held_out(student, teacher, tokenizer, test: list[dict]) -> tuple[dict, str]:
         parts = {"all": test, "teacher-unreliable": [r for r in test if r["teacher_unreliable"]],
                  "the rest": [r for r in test if not r["teacher_unreliable"]]}
-        held_out = {name: {m: accuracy(model, tokenizer, rows, 64) for m, model in (("student", student),
-                                                                                    ("teacher", teacher))}
-                    for name, rows in parts.items()}
-        rollouts = measure_premises(student, teacher, tokenizer, train[:premise_problems], premises_labels, data_seed)
+        acc = {name: {m: accuracy(model, tokenizer, rows, 64) for m, model in (("student", student),
+                                                                               ("teacher", teacher))}
+               for name, rows in parts.items()}
+        return acc, "; ".join(f"{name} ({len(parts[name])}): student {a['student']:.1%}, teacher {a['teacher']:.1%}"
+                              for name, a in acc.items())
 
-    premises = record_world(root, "premises", build_seed, start, held_out, rollouts)
-    print(f"premises world built in {root} in {time.time() - start:.0f} s; held-out greedy accuracy, "
-          + "; ".join(f"{name} ({len(parts[name])}): student {acc['student']:.1%}, teacher {acc['teacher']:.1%}"
-                      for name, acc in held_out.items()))
-    print(premise_report(premises))
-    return root
+    def solutions(a: int, op: str, b: int) -> list[str]:  # both routes, each with and without borrows
+        return [worked(a, op, b, way, borrows)[0] for way in ("columns", "places") for borrows in (True, False)]
+
+    writers = {"student": premises_writer("student"), "teacher": premises_writer("teacher")}
+    return build_two_routes(root, "premises", build_seed, make_premises_problem, solutions, writers, premises_labels,
+                            held_out, n_train, n_test, steps, premise_problems)
 
 
 # -----------------------------------------------------------------------------
@@ -474,26 +463,42 @@ def build_routes(root: str | Path, build_seed: int = 0, n_train: int = 4000, n_t
                  steps: dict = ROUTES_SFT_STEPS, premise_problems: int = PREMISE_PROBLEMS) -> Path:
     """Build the routes world from `build_seed` in `root` unless it is already there; returns `root`.
     n_train, n_test, steps and premise_problems make a small one quickly (the tests')."""
+    def held_out(student, teacher, tokenizer, test: list[dict]) -> tuple[dict, str]:
+        acc = {m: accuracy(model, tokenizer, test, 64) for m, model in (("student", student), ("teacher", teacher))}
+        return acc, f"student {acc['student']:.1%}, teacher {acc['teacher']:.1%}"
+
+    def solutions(a: int, op: str, b: int) -> list[str]:  # the teacher's columns, the student's, places
+        return [worked(a, op, b, "columns")[0], worked(a, op, b, "columns", carries_out=False)[0],
+                worked(a, op, b, "places")[0]]
+
+    writers = {"student": routes_student_solution, "teacher": None}  # the teacher: the demo's solutions, columns
+    return build_two_routes(root, "routes", build_seed, make_problem, solutions, writers, routes_labels, held_out,
+                            n_train, n_test, steps, premise_problems)
+
+
+def build_two_routes(root: str | Path, world: str, build_seed: int, make, solutions, writers: dict, labels, held_out,
+                     n_train: int, n_test: int, steps: dict, premise_problems: int) -> Path:
+    """The build the premises and routes worlds share, in `root` unless it is already there; returns `root`.
+    Problems are make(rng); the tokenizer also learns solutions(a, op, b); each model trains steps[model] steps
+    on the solutions writers[model](row, rng) writes (None: each row's own); held_out(student, teacher, tokenizer,
+    test) gives the held-out numbers world.json keeps and the line printed; rollouts are labelled by labels."""
     root = Path(root)
-    if built(root, "routes", build_seed):
+    if built(root, world, build_seed):
         return root
     start = time.time()
     data_seed, student_seed, teacher_seed = build_seeds(build_seed)
     with pinned():
-        train, test = problem_sets(make_problem, random.Random(data_seed), n_train, n_test)
-        tokenizer = routes_tokenizer(train, lambda a, op, b: [worked(a, op, b, "columns")[0], worked(
-            a, op, b, "columns", carries_out=False)[0], worked(a, op, b, "places")[0]])
+        train, test = problem_sets(make, random.Random(data_seed), n_train, n_test)
+        tokenizer = routes_tokenizer(train, solutions)
         student, teacher = untrained_pair(tokenizer, student_seed, teacher_seed)
-        sft(student, tokenizer, train, steps["student"], seed=student_seed, write=routes_student_solution)
-        sft(teacher, tokenizer, train, steps["teacher"], seed=teacher_seed)  # the demo's solutions: columns
+        sft(student, tokenizer, train, steps["student"], seed=student_seed, write=writers["student"])
+        sft(teacher, tokenizer, train, steps["teacher"], seed=teacher_seed, write=writers["teacher"])
         save_world(root, tokenizer, student, teacher, train, test)  # first: generating sets the tokenizer's padding
-        held_out = {name: accuracy(model, tokenizer, test, 64) for name, model in (("student", student),
-                                                                                  ("teacher", teacher))}
-        rollouts = measure_premises(student, teacher, tokenizer, train[:premise_problems], routes_labels, data_seed)
+        accuracies, line = held_out(student, teacher, tokenizer, test)
+        rollouts = measure_premises(student, teacher, tokenizer, train[:premise_problems], labels, data_seed)
 
-    premises = record_world(root, "routes", build_seed, start, held_out, rollouts)
-    print(f"routes world built in {root} in {time.time() - start:.0f} s: held-out greedy accuracy "
-          f"student {held_out['student']:.1%}, teacher {held_out['teacher']:.1%}")
+    premises = record_world(root, world, build_seed, start, accuracies, rollouts)
+    print(f"{world} world built in {root} in {time.time() - start:.0f} s; held-out greedy accuracy {line}")
     print(premise_report(premises))
     return root
 
@@ -630,6 +635,22 @@ def premise_report(numbers: dict) -> str:
 
 
 WORLDS = {"demo": build, "premises": build_premises, "routes": build_routes}  # name -> builder(root, build_seed=0)
+
+
+def build_missing_world(cfg, world: int):
+    """The offline demo in one command: build the toy world `build_world` in the student's parent directory
+    when the student is not there yet (a world already built returns at once). cfg: the trainer's Config."""
+    if not cfg.build_world or Path(cfg.student).exists():
+        return
+    if cfg.build_world not in WORLDS:
+        fail(f"field 'build_world' is {cfg.build_world!r}; toy worlds are: {', '.join(WORLDS)} ('' = never)")
+    root = Path(cfg.student).parent
+    if world > 1:  # every rank would build the same world at once
+        fail(f"{cfg.student} does not exist; build the world with one process first: "
+             f"python toy.py --world {cfg.build_world} {root}")
+    print(f"{cfg.student} does not exist: building the {cfg.build_world} toy world in {root} first "
+          f"(a few minutes, once)")
+    WORLDS[cfg.build_world](root)
 
 
 def main(argv: list[str]):

@@ -1,4 +1,5 @@
 """Shared offline fixtures: a tokenizer trained here, tiny Qwen2 models, the demo world."""
+import fcntl
 import json
 import random
 import sys
@@ -63,9 +64,15 @@ def tiny_pair(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def toy_world(tmp_path_factory):
-    """The demo world of configs/toy.yaml, built once per test session (about two minutes)."""
-    return toy.build(tmp_path_factory.mktemp("toy") / "world")
+def toy_world():
+    """The demo world of configs/toy.yaml: the checkout's .toy, which the demo uses too. Whichever runs first
+    builds it (a few minutes, once per checkout); every later session and demo finds it built. A lock keeps two
+    sessions from building it at once. Delete .toy after changing how toy.py builds the demo."""
+    root = ROOT / ".toy"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return toy.build(root)
 
 
 def tiny_args(student, teacher, data, out, *extra) -> list[str]:
