@@ -187,9 +187,9 @@ def run_tests(code: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
                 return _run_check(box, tests)
             for i, (given, expected) in enumerate(tests["cases"]):
                 if form == "stdio":
-                    reply = box.ask({"input": given}, i)
-                    if not same_output(reply["output"], expected, tests.get("float_tol")):
-                        return Verdict("failed", i, f"output {_short(reply['output'])} for input "
+                    output = box.run(given, i)
+                    if not same_output(output, expected, tests.get("float_tol")):
+                        return Verdict("failed", i, f"output {_short(output)} for input "
                                                     f"{_short(given)}, expected {_short(expected)}")
                 else:
                     got = box.call(list(given), i)
@@ -403,7 +403,18 @@ class Sandbox:
 
     def call(self, args: list, test: int):
         """The program's function on args (a call-form test, or one call of HumanEval's check)."""
-        return decode(self.ask({"args": encode(args)}, test)["result"])
+        reply = self.ask({"args": encode(args)}, test)
+        try:
+            return decode(reply["result"])
+        except (KeyError, ValueError, TypeError):  # only a program writing to the channel sends these
+            raise Stop(Verdict("failed", test, f"a reply that is not a result: {_short(str(reply))}"))
+
+    def run(self, given: str, test: int) -> str:
+        """The program's output on `given` as standard input (a stdio-form test)."""
+        reply = self.ask({"input": given}, test)
+        if not isinstance(reply.get("output"), str):
+            raise Stop(Verdict("failed", test, f"a reply that is not an output: {_short(str(reply))}"))
+        return reply["output"]
 
     def finish(self) -> Verdict:
         """Passed, once the harness answers the last request as itself: a reply the program wrote ahead
@@ -633,6 +644,7 @@ def _run_stdio(code, given: str, files: str, cap: int, out: str, err: str) -> di
     if pid == 0:
         status = 0
         try:
+            os.closerange(3, 1 << 16)  # the harness's channel to the grader is not the program's to write
             os.dup2(os.open(source, os.O_RDONLY), 0)
             os.dup2(os.open(out, os.O_WRONLY | os.O_TRUNC), 1)
             os.dup2(os.open(err, os.O_WRONLY | os.O_TRUNC), 2)

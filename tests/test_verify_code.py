@@ -400,6 +400,19 @@ def test_a_program_that_tampers_with_the_tests_fails(cheat):
     assert verdict.status == "failed", verdict
 
 
+@pytest.mark.parametrize("form", ["stdio", "call"])
+def test_replies_forged_on_the_graders_channel_fail_and_never_crash_the_grader(form):
+    forge = ("import os\ndef forge(text):\n    for fd in range(3, 20):\n        try:\n"
+             "            os.write(fd, text)\n        except OSError:\n            pass\n")
+    if form == "stdio":  # each run is a child that holds no channel: what it forges goes nowhere
+        program = forge + "forge(b'{\"output\": \"42\"}\\n{\"end\": true}\\n')\nprint(0)"
+        tests = stdio(("", "42"))
+    else:  # inside a call: a malformed result, then the genuine one
+        program = forge + "def f(x):\n    forge(b'{\"result\": {\"eval\": 1}}\\n')\n    return x"
+        tests = {"form": "call", "entry": "f", "cases": [[[1], 1]]}
+    assert vc.grade_code(fenced(program), tests).status == "failed"
+
+
 def test_the_passing_text_on_standard_output_is_only_output():
     verdict = vc.grade_code(fenced("print('{\"output\": \"42\"}')\nprint('passed')"), stdio(("", "42")))
     assert verdict.status == "failed"
