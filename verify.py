@@ -257,7 +257,8 @@ def _readings(answer):
     s = _rewrite_commands("".join(parts).translate(_UNICODE)).replace("$", "")
     s = _drop_words(" ".join(_resolve_text(s).split()))
     for old, new in (("**", "^"), ("np.", ""), ("<=", "\\le"), (">=", "\\ge"), ("!=", "\\ne"),
-                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{,}", ","), ("{}", ""), (":", "/"),
+                     ("^{'}", "'"), ("^'", "'"), (";", ","), ("{, }", "{,}"), (" {,}", ","),
+                     ("{,}", ","), ("{}", ""), (":", "/"),
                      ("^{\u00b0}", "\u00b0"), ("^\u00b0", "\u00b0")):
         s = s.replace(old, new)
     degrees, percent = "\u00b0" in s, "%" in s
@@ -436,13 +437,14 @@ def _parse(s):
                 return factors[0] if len(factors) == 1 else ("*", *factors)
 
     def mixed_fraction():
-        """The proper fraction p/q of integers that follows, consumed, or None: 4 4/9, not 4 7/6."""
+        """The fraction p/q of integers that follows a whole number, consumed, or None; it must be
+        proper: 4 4/9 is four and four ninths, 11 6/6 and 4 4/0 are not numbers."""
         if len(toks) < 3 or toks[-2] != ("op", "/") or toks[-4:-3] == [("op", "^")] or not all(
                 t[0] == "num" and t[1].isdigit() for t in (toks[-1], toks[-3])):
             return None
-        if int(toks[-1][1]) >= int(toks[-3][1]):
-            return None
         p, _, q = take(), take(), take()
+        if int(p[1]) >= int(q[1]):
+            raise _Unparsed("not a proper fraction")
         return Fraction(int(p[1]), int(q[1]))
 
     def signed():

@@ -103,9 +103,9 @@ CASES = [
 # `expected` is this project's verdict: where it differs from Math-Verify's, DISAGREEMENTS says
 # why. `marked` is whether the strict mode reads the answer: a box (the last box wins there, since
 # the training prompt asks for one), a `####`, "the answer is" / "Final Answer:", or a bare answer.
-# Left out: cases that test Math-Verify's API (timeouts, parsing options, failed spans kept as
-# text) rather than a verdict, and two whose strings a stray escape broke (`"\frac"` as a
-# form feed).
+# Left out: cases that test Math-Verify's API (timeouts, the parsed values and fallback strings of
+# `parse`, failed spans kept as text) rather than a verdict, and one whose string a stray escape
+# broke (`"\frac"` read as a form feed).
 MATH_VERIFY_CASES = [
     # numbers: separators, signs, currency and units around them
     ("numbers", "-5", "-5", True, True),
@@ -125,6 +125,7 @@ MATH_VERIFY_CASES = [
     ("numbers", "not it's not 10 it's 1,000.99m\u00b2", "1000.99", True, False),
     ("numbers", "0.111", "0,111", False, True),
     ("numbers", "AZYUK2A", "2", False, True),
+    ("numbers", "0.3333$", r"\frac{1}{3}", False, True),
     ("numbers", r"\frac{10}{9}", "10/9", True, True),
     ("numbers", r"-\frac{10}{9}", "-10/9", True, True),
     ("numbers", "$0.0833333333333333$", r"\frac{1}{12}", True, True),
@@ -143,6 +144,10 @@ MATH_VERIFY_CASES = [
     ("mixed", "4 4/0", "4", False, True),
     ("mixed", "11 7/6", "73/6", False, True),
     ("mixed", "11 7/6", "11", False, True),
+    ("mixed", "11 6/6", "11", False, True),
+    ("mixed", "11 6/6", "12", False, True),
+    ("mixed", "4 0/0", "4", False, True),
+    ("mixed", "1 000 4/9", "9004/9", True, True),
     ("mixed", "11/10 4/9", "139/90", False, True),
     ("mixed", "11.0 4/9", "103/9", False, True),
     ("mixed", "(11) 4/9", "103/9", False, True),
@@ -151,6 +156,7 @@ MATH_VERIFY_CASES = [
     ("mixed", "4 4/9%", "40/900", True, True),
     ("mixed", "4 4/9%", "40/9", True, True),
     ("mixed", "4 4/9 2", "2", False, True),
+    ("mixed", "11\n5/6", "71/6", False, False),
     ("mixed", "$5.00", "5", True, True),
     ("mixed", "28%", "7/25", True, True),
     ("mixed", "There are 4 objects and 4/9 remain.", "4/9", True, False),
@@ -239,6 +245,9 @@ MATH_VERIFY_CASES = [
      "Final Answer: The final answer is $(0, 0)$. I hope it is correct. <|im_start|>user",
      r"(\tfrac{27}{8},\tfrac{15}{8})", False, True),
     ("where", "Final Answer: The largest $n$ is 34.", "34", True, True),
+    ("where", "Final Answer: The final answer is $14 {, }916$. I hope it is correct. Note: The "
+     "solution provided assumes that $A$ and $B$ are digits that are nonzero.", "14{,}916", True,
+     True),
     ("where", "Dividing the second equation by the first equation, we get: $$\\frac{\\Delta x'}"
      "{\\Delta x} \\geq \\frac{2}{1}.$$ Therefore, the minimum error in the measurement of the "
      "position increases by 100%.", "100%", True, False),
@@ -459,6 +468,8 @@ DISAGREEMENTS = {
     ("$(0.6,2.6667]$", r"(\frac{3}{5},\frac{8}{3}]"): (
         True, "2.6667 is a rounding of the exact 8/3: accepted by Math-Verify only at the two "
               "decimal places its test asks for, refused at its default"),
+    ("0.3333$", r"\frac{1}{3}"): (True, "0.3333 is a rounding of 1/3, accepted by Math-Verify "
+                                  "only at the four decimal places its test asks for"),
     (r"$\begin{pmatrix}0.33\\0.2 \end{pmatrix}$",
      r"(\begin{pmatrix}\frac{1}{3}\\ \frac{1}{5} \end{pmatrix})"): (
         True, "0.33 is a rounding of the exact 1/3 (two decimal places asked by the test only)"),
@@ -479,4 +490,5 @@ GAPS = {
     (r"When multiplying by identity: $\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} "
      r"\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$", r"\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}"):
         "matrix arithmetic is not evaluated",
+    ("1 000 4/9", "9004/9"): "a mixed number whose whole part groups its thousands with a space",
 }
