@@ -691,6 +691,10 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 CODE_BENCHMARKS = {"humaneval": str(DATA_DIR / "HumanEval.jsonl.gz"),
                    "livecodebench": "livecodebench/code_generation_lite", "codeforces": "BAAI/TACO"}
 LCB_WINDOW = ("2024-08-01", "2025-02-01")  # the paper's LiveCodeBench release window: 279 problems
+# The hub datasets' files, named so that no loading script of theirs is needed (newer `datasets` runs none):
+# LiveCodeBench's release_v5 (test.jsonl to test5.jsonl) holds the window; TACO ships `datasets` arrow files.
+HUB_FILES = {"livecodebench/code_generation_lite": ("json", {"test": [f"test{i}.jsonl" for i in ("", 2, 3, 4, 5)]}),
+             "BAAI/TACO": ("arrow", {"train": ["train/*.arrow"], "test": ["test/*.arrow"]})}
 HELD_OUT = 500  # Codeforces problems of TACO's train split held out for evaluation
 HELD_OUT_SEED = 0
 FUNCTION_SUFFIX = ("Write the complete function in Python, with the imports it needs, in one fenced code block "
@@ -843,13 +847,21 @@ def _lcb_cases(spec, i: int) -> list[dict]:
 
 
 def _hub_rows(source: str, split: str):
-    """A hub dataset's split, or a local .jsonl in its form (row by row, as the hub gives them)."""
+    """A hub dataset's split, read from its files (HUB_FILES), or a local .jsonl in its form."""
     if source.endswith(".jsonl"):
         with open(source, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     import datasets
 
-    return datasets.load_dataset(source, split=split)
+    if source not in HUB_FILES:
+        raise ValueError(f"{source}: not a code dataset this grader reads; expected one of {', '.join(HUB_FILES)} "
+                         f"or a local .jsonl in the form of one")
+    kind, files = HUB_FILES[source]
+    paths = [f"hf://datasets/{source}/{name}" for name in files[split]]
+    try:
+        return datasets.load_dataset(kind, data_files={split: paths}, split=split)
+    except Exception as e:  # datasets and the hub raise many types; say which dataset and why
+        raise ValueError(f"could not read {source} ({split}) from the Hugging Face Hub: {type(e).__name__}: {e}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,6 +208,11 @@ def test_problems_whose_reference_solution_fails_are_dropped_and_counted(capsys)
     assert "fixture: 2 of 3 problems dropped" in capsys.readouterr().err
 
 
+def test_an_unknown_hub_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a code dataset this grader reads"):
+        vc._hub_rows("someone/else", "train")
+
+
 def test_tests_of_an_unknown_form_are_a_clear_error():
     with pytest.raises(ValueError, match="field 'form' is 'unit'"):
         vc.grade_code(fenced("print(1)"), {"form": "unit"})
