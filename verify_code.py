@@ -127,10 +127,11 @@ def grade_code(response: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
 
 
 def grade_many(items: list[tuple[str, dict]], sandbox: str = "bwrap", workers: int = 0) -> list[Verdict]:
-    """grade_code on each (response, tests), `workers` at a time (default: one per core): each program
-    runs in its own sandbox, and the grader's threads only wait on them, so the cores stay busy."""
+    """grade_code on each (response, tests), `workers` at a time (default: two per core, as a sandbox
+    spends part of its time waiting on pipes; bench/README_code.md): each program runs in its own
+    sandbox, and the grader's threads only wait on them, so the cores stay busy."""
     check_sandbox(sandbox)  # refuse once, before starting anything
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers or 2 * (os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda item: grade_code(item[0], item[1], sandbox), items))
 
 
