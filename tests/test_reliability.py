@@ -321,6 +321,40 @@ def test_a_disk_too_full_for_the_next_checkpoint_stops_the_run_naming_the_newest
     assert metrics(run) == metrics(uninterrupted)[:3]
 
 
+# Run under torchrun: rank 1's flush of its state shard in checkpoint 2 meets a full disk, as a network filesystem
+# reports it. Each rank prints its messages and exit status to stdout, then leaves with status 0 for torchrun.
+RANK_1_DISK_FULL = """
+import errno, os, sys
+sys.path.insert(0, sys.argv[1])
+import scope
+real_fsync = os.fsync
+
+def fsync(fd):
+    if os.environ["RANK"] == "1" and ".tmp_step_000002" in os.readlink(f"/proc/self/fd/{fd}"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync(fd)
+
+os.fsync, sys.stderr = fsync, sys.stdout
+try:
+    scope.main(sys.argv[2:])
+except SystemExit as e:
+    print(f"rank {os.environ['RANK']} exit status {e.code}", flush=True)
+os._exit(0)
+"""
+
+
+def test_under_torchrun_a_full_disk_on_one_rank_stops_every_rank(tiny_pair, tmp_path):
+    student, teacher, data = tiny_pair
+    run, script = tmp_path / "run", tmp_path / "rank_1_disk_full.py"
+    script.write_text(RANK_1_DISK_FULL)
+    out = torchrun([str(script), str(ROOT), *tiny_args(student, teacher, data, run, "--max-steps", "3",
+                                                         "--save-every", "1")])
+    assert "rank 0 exit status 1" in out and "rank 1 exit status 1" in out    # neither waits for the other
+    assert out.count("is full: a write failed (OSError: [Errno 28] No space left on device)") == 1  # said by rank 0
+    assert [p.name for p in run.iterdir() if p.name.startswith((".tmp", "step_"))] == ["step_000001"]
+    assert finished_steps(run) == [1, 2]
+
+
 def test_the_first_checkpoint_is_estimated_no_smaller_than_it_turns_out(uninterrupted):
     saved = json.loads((uninterrupted / "step_000004" / "trainer.json").read_text())["files"]
     actual = sum(size for size, _ in saved.values())
