@@ -7,7 +7,6 @@ These tests need bubblewrap and fail, saying how to install it, where it is miss
 import ast
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -361,7 +360,7 @@ def test_a_program_that_kills_its_parent_its_group_and_everything_it_can_harms_n
         for tests in (stdio(("", "1")), ADD):
             assert not vc.grade_code(fenced(killer), tests).passed
         assert bystander.poll() is None  # a process of the grader's user outside the sandbox lives on
-        assert os.getpid() and signal.getsignal(signal.SIGTERM) is not None
+        assert vc.grade_code(fenced("def add(a, b):\n    return a + b"), ADD).passed  # and the grader grades on
     finally:
         bystander.kill()
         bystander.wait()
