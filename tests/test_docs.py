@@ -18,9 +18,10 @@ which are checked as above and not run:
   - a line naming a .jsonl, .json or .yaml file not in the repository: an example over the reader's own;
   - hub-only: a `scope.py` line whose student is neither on disk nor a toy world (`--plan` included);
   - long runs: training (a `scope.py` line on a toy config runs instead for one step, on tiny random
-    models in place of the world); world builds (`toy.py`; `bench/ablations.py` unless it only reports:
+    models in place of the world, with the world's other files in a directory the block's lines share); world builds (`toy.py`; `bench/ablations.py` unless it only reports:
     --claims, --report, --pages); `eval.py --model` (it measures a trained model); `bench/bench_*.py`;
-  - `make TARGET` runs as `make -n TARGET`: the target must exist, its recipe is not run.
+  - `make TARGET` runs as `make -n TARGET`: the target must exist and the python lines of its recipe
+    pass the checks above; the recipe is not run.
 """
 import contextlib
 import io
@@ -31,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -131,13 +133,13 @@ def commands(block: list[str]) -> list[list[str]]:
     return found
 
 
-def shown_commands() -> list[tuple[str, list[str]]]:
-    """(where and what, argument list) of each distinct command line, the first page that shows it."""
+def shown_commands() -> list[tuple[str, list[str], str]]:
+    """(where and what, argument list, its block) of each distinct command line, the first page that shows it."""
     found = {}
     for page in PAGES_WITH_COMMANDS:
-        for block in code_blocks(page.read_text()):
+        for i, block in enumerate(code_blocks(page.read_text())):
             for words in commands(block):
-                found.setdefault(shlex.join(words), (f"{page.name}: {shlex.join(words)}", words))
+                found.setdefault(shlex.join(words), (f"{page.name}: {shlex.join(words)}", words, f"{page.name}{i}"))
     return list(found.values())
 
 
@@ -203,8 +205,9 @@ def checkout(tmp_path_factory) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("shown, words", shown_commands(), ids=[c for c, _ in shown_commands()])
-def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, checkout, tmp_path, monkeypatch):
+def check_script_flags_and_files(shown: str, words: list[str]):
+    """The line's script exists, takes every --flag the line passes, and each configs/ or data/ file it names
+    exists."""
     script, args = script_and_args(words)
     if script:
         assert (ROOT / script).exists(), f"{shown}: no {script}"
@@ -215,18 +218,40 @@ def test_every_command_shown_in_the_docs_still_runs(shown, words, tiny_pair, che
         for a in args:
             if a.startswith(("configs/", "data/")):
                 assert (ROOT / a).exists(), f"{shown}: no {a}"
+
+
+def tiny_world_flags(args: list[str], tiny_pair, files: Path, run: Path) -> list[str]:
+    """Flags that run a toy config's line for one step on the tiny random models, into `run`; every other file of
+    the world the config names (one an earlier line of the block writes, say) goes to `files`."""
+    student, teacher, data = tiny_pair
+    cfg = scope.parse_config(args)
+    world = Path(cfg.student).parent
+    elsewhere = [a for f in fields(cfg) if f.name not in ("student", "teacher", "train_data", "eval_data")
+                 and isinstance(value := getattr(cfg, f.name), str) and Path(value).parent == world
+                 for a in (f"--{f.name}", str(files / Path(value).name))]
+    return [*tiny_args(student, teacher, data, run, "--eval-data", str(data), "--eval-limit", "2",
+                       "--max-steps", "1", "--build-world", ""), *elsewhere]
+
+
+@pytest.mark.parametrize("shown, words, block", shown_commands(), ids=[c for c, *_ in shown_commands()])
+def test_every_command_shown_in_the_docs_still_runs(shown, words, block, tiny_pair, checkout, tmp_path,
+                                                     tmp_path_factory, monkeypatch):
+    check_script_flags_and_files(shown, words)
     kind = why_not_run(words)
-    if kind == "training":
-        student, teacher, data = tiny_pair     # one step on the tiny random models, in place of the world
+    if kind == "training":                     # the lines of one block share their files, in the block's order
+        files = tmp_path_factory.getbasetemp() / "blocks" / block
+        files.mkdir(parents=True, exist_ok=True)
         monkeypatch.chdir(ROOT)
-        scope.main([*args, *tiny_args(student, teacher, data, tmp_path / "run", "--eval-data", str(data),
-                                      "--eval-limit", "2", "--max-steps", "1", "--build-world", "")])
-        assert (tmp_path / "run" / "metrics.jsonl").exists()
+        args = script_and_args(words)[1]
+        scope.main([*args, *tiny_world_flags(args, tiny_pair, files, tmp_path / "run")])
     elif not kind:
         run = ["make", "-n", *words[1:]] if words[0] == "make" else [sys.executable, *words[1:]]
         done = subprocess.run(run, cwd=checkout, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, f"{shown}: exit {done.returncode}\n{done.stderr[-2000:]}"
+        for line in done.stdout.splitlines() if words[0] == "make" else []:  # the recipe's python lines
+            if line.split(" ")[0].endswith("/python"):
+                check_script_flags_and_files(f"{shown}: {line}", ["python", *shlex.split(line)[1:]])
 
 
 def test_the_command_reader_joins_lines_substitutes_names_and_skips_output():
