@@ -18,8 +18,9 @@ which are checked as above and not run:
   - a line naming a .jsonl, .json or .yaml file not in the repository: an example over the reader's own;
   - hub-only: a `scope.py` line whose student is neither on disk nor a toy world (`--plan` included);
   - long runs: training (a `scope.py` line on a toy config runs instead for one step, on tiny random
-    models in place of the world, with the world's other files in a directory the block's lines share); world builds (`toy.py`; `bench/ablations.py` unless it only reports:
-    --claims, --report, --pages); `eval.py --model` (it measures a trained model); `bench/bench_*.py`;
+    models in place of the world, with the world's other files in a directory the block's lines share);
+    world builds (`toy.py`; `bench/ablations.py` unless it only reports: --claims, --report, --pages);
+    `eval.py --model` (it measures a trained model); `bench/bench_*.py`;
   - `make TARGET` runs as `make -n TARGET`: the target must exist and the python lines of its recipe
     pass the checks above; the recipe is not run.
 """
