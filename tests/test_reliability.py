@@ -31,6 +31,10 @@ def metrics(run) -> list[dict]:
             for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def finished_steps(run) -> list[int]:
+    return [m["step"] for m in metrics(run)]
+
+
 def weights(run) -> dict:
     return load_file(run / "model.safetensors")
 
@@ -226,13 +230,23 @@ def flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
+def grow(path):
+    with open(path, "ab") as f:
+        f.write(b"\n")
+
+
+def empty_object(path):
+    path.write_text("{}")
+
+
 # (file of the newest checkpoint, what is done to it, what the run must say about it)
 DAMAGES = [("state/__0_0.distcp", cut_short, "cut short"),
            ("state/.metadata", flip_a_byte, "has changed since it was written"),
            ("model.safetensors", flip_a_byte, "has changed since it was written"),
            ("tokenizer.json", os.remove, "is missing"),
-           ("tokenizer_config.json", cut_short, "cut short"),
-           ("trainer.json", cut_short, "not valid JSON")]
+           ("tokenizer_config.json", grow, "when written (grown)"),
+           ("trainer.json", cut_short, "not valid JSON"),
+           ("trainer.json", empty_object, "trainer.json holds no step number")]
 
 
 def damaged_copy(run_dir, into, name, spoil):
@@ -242,7 +256,7 @@ def damaged_copy(run_dir, into, name, spoil):
     return into
 
 
-@pytest.mark.parametrize("name, spoil, said", DAMAGES, ids=[d[0] for d in DAMAGES])
+@pytest.mark.parametrize("name, spoil, said", DAMAGES, ids=[f"{d[0]}-{d[1].__name__}" for d in DAMAGES])
 def test_resume_auto_steps_over_a_damaged_checkpoint_and_retrains_the_same_steps(tiny_pair, uninterrupted, tmp_path,
                                                                                  capsys, name, spoil, said):
     student, teacher, data = tiny_pair
@@ -258,7 +272,7 @@ def test_resume_auto_steps_over_a_damaged_checkpoint_and_retrains_the_same_steps
     assert reliability.damage(run / "step_000004") is None     # written anew
 
 
-@pytest.mark.parametrize("name, spoil, said", DAMAGES, ids=[d[0] for d in DAMAGES])
+@pytest.mark.parametrize("name, spoil, said", DAMAGES, ids=[f"{d[0]}-{d[1].__name__}" for d in DAMAGES])
 def test_resume_from_a_damaged_checkpoint_is_refused_naming_the_file_and_how(tiny_pair, uninterrupted, tmp_path,
                                                                              capsys, name, spoil, said):
     student, teacher, data = tiny_pair
@@ -269,6 +283,18 @@ def test_resume_from_a_damaged_checkpoint_is_refused_naming_the_file_and_how(tin
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"step_000004 is damaged: {name}" in err and said in err and "--resume auto" in err
     assert len(metrics(run)) == 4                               # nothing was trained
+
+
+def test_a_checkpoint_that_lists_no_files_is_loaded_unchecked(tiny_pair, uninterrupted, tmp_path):
+    """As written before checkpoints listed their files."""
+    student, teacher, data = tiny_pair
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    path = run / "step_000004" / "trainer.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "files"}))
+    scope.main(tiny_args(student, teacher, data, run, "--max-steps", "5", "--save-every", "1", "--temperature", "1.0",
+                         "--resume", "auto"))
+    assert finished_steps(run) == [1, 2, 3, 4, 5] and reliability.damage(run / "step_000005") is None
 
 
 def test_with_every_checkpoint_damaged_resume_auto_refuses_naming_each(tiny_pair, uninterrupted, tmp_path, capsys):
@@ -294,10 +320,6 @@ def test_under_torchrun_every_rank_resumes_from_the_same_intact_checkpoint(tiny_
 
 # -----------------------------------------------------------------------------
 # A full disk
-
-def finished_steps(run) -> list[int]:
-    return [m["step"] for m in metrics(run)]
-
 
 def test_a_disk_too_full_for_the_next_checkpoint_stops_the_run_naming_the_newest_and_the_space(
         tiny_pair, uninterrupted, tmp_path, monkeypatch, capsys):
