@@ -293,7 +293,7 @@ def _python() -> str:
     """The interpreter that runs programs: this one's base (not a virtualenv's link), or, when the
     sandbox's user cannot read it (root's home, say), the system's /usr/bin/python3."""
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o005 == 0o005 for p in _parents(base)):
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o005 == 0o005 for p in Path(base).parents):
         return base
     if os.path.exists("/usr/bin/python3"):
         print(f"verify_code: the sandbox runs as uid {NOBODY}, which cannot reach {base}; programs run "
@@ -301,11 +301,6 @@ def _python() -> str:
         return "/usr/bin/python3"
     raise SandboxUnavailable(f"the sandbox runs as uid {NOBODY}, which cannot reach {base}, and there is no "
                              f"/usr/bin/python3; install Python where every user can read it")
-
-
-def _parents(path: str) -> list[str]:
-    parts = Path(path).parents
-    return [str(p) for p in parts if str(p) != "/"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -376,6 +371,7 @@ class Sandbox:
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                                      cwd=self.tmp or "/", start_new_session=True, **_drop_root())
+        os.set_blocking(self.proc.stdin.fileno(), False)  # `_write` waits with a deadline instead
         self.started = time.monotonic()
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)
@@ -430,12 +426,8 @@ class Sandbox:
         unasked is the program writing to the channel: a failure."""
         if self.buffer or any(key.fileobj is self.proc.stdout for key, _ in self.selector.select(0)):
             raise Stop(Verdict("failed", test, "the program wrote to the grader's channel"))
-        try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass  # the harness is gone: the read below says how it ended
         deadline = min(time.monotonic() + WALL_S, self.started + TOTAL_S)
+        self._write(json.dumps(message).encode() + b"\n", deadline, test)
         line = self._read_line(deadline, test)
         try:
             reply = json.loads(line)
@@ -447,6 +439,20 @@ class Sandbox:
             status = reply.get("status") if reply.get("status") in ("failed", "refused", "timeout") else "runtime_error"
             raise Stop(Verdict(status, test, str(reply["error"])[:500]))
         return reply
+
+    def _write(self, data: bytes, deadline: float, test: int | None):
+        """Write a request within the deadline: a harness that stops reading (its program busy or
+        asleep) cannot hold the grader on a full pipe."""
+        fd = self.proc.stdin.fileno()
+        with selectors.DefaultSelector() as writable:
+            writable.register(fd, selectors.EVENT_WRITE)
+            while data:
+                if not writable.select(max(0.0, deadline - time.monotonic())):
+                    raise Stop(Verdict("timeout", test, f"the program read no request within {WALL_S:g} s"))
+                try:
+                    data = data[os.write(fd, data[:1 << 16]):]
+                except OSError:
+                    return  # the harness is gone: the read that follows says how it ended
 
     def _read_line(self, deadline: float, test: int | None) -> str:
         while b"\n" not in self.buffer:
@@ -476,7 +482,7 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             code = None
         said = self.errors.decode("utf-8", "replace").strip()[-300:]
-        if code is not None and code < 0 and -code in (signal.SIGXCPU,):
+        if code == -signal.SIGXCPU:
             return Verdict("timeout", test, f"more than {CPU_S} s of CPU time")
         if code is not None and code < 0 and -code in (signal.SIGXFSZ, signal.SIGKILL, signal.SIGSEGV):
             return Verdict("refused", test, f"killed by {signal.Signals(-code).name} (a limit) {said}".strip())

@@ -367,6 +367,17 @@ def test_a_program_that_kills_its_parent_its_group_and_everything_it_can_harms_n
     assert_nothing_left()
 
 
+def test_a_program_that_stops_reading_its_requests_cannot_hold_the_grader(short_limits):
+    thief = ("import os, threading, time\ndef f(x):\n    for fd in range(3, 20):\n        try:\n"
+             "            os.write(fd, b'{\"result\": 1}\\n')\n        except OSError:\n            pass\n"
+             "    time.sleep(60)")  # a reply forged, then asleep: the next, large request finds no reader
+    tests = {"form": "call", "entry": "f", "cases": [[[1], 1], [["x" * (1 << 20)], 1]]}
+    start = time.monotonic()
+    assert vc.grade_code(fenced(thief), tests).status in ("failed", "timeout")
+    assert time.monotonic() - start < vc.WALL_S + 3
+    assert_nothing_left()
+
+
 def test_a_flood_of_output_is_refused(short_limits):
     flood = "while True:\n    print('x' * 100000)"
     verdict = vc.grade_code(fenced(flood), stdio(("", "x")))
