@@ -8,14 +8,16 @@ the three forms the code benchmarks use, each a dict:
 
     {"form": "assert", "prelude": prompt, "test": "def check(candidate): assert ...", "entry": name}
         HumanEval: the program is prelude + the block; `check(candidate)` must return.
-    {"form": "stdio", "cases": [[stdin, stdout], ...], "float_tol": 1e-5 or None}
+    {"form": "stdio", "cases": [[stdin, stdout], ...], "float_tol": 1e-5 or None, "prelude": imports}
         TACO, Codeforces, LiveCodeBench: the program reads standard input, its output is compared
         line by line, tokens split on whitespace; numbers within float_tol (relative and absolute; None:
         numbers must be equal as decimals, as LiveCodeBench compares).
-    {"form": "call", "entry": "name" or "Solution.method", "cases": [[args, expected], ...]}
+    {"form": "call", "entry": "name" or "Solution.method", "cases": [[args, expected], ...], "prelude": imports}
         LiveCodeBench's LeetCode problems and TACO's fn_name ones: the function (a method of a fresh
         instance) called on args; with "first_of_list": true, as APPS and TACO compare, a result may
         also equal the first item of an expected list.
+    A prelude, where there is one, runs before the program: HumanEval's prompt, or for TACO and
+    LiveCodeBench the imports their own harnesses give a program (COMMON_IMPORTS).
 
 The verdict (`Verdict`) is passed, failed (naming the test), timeout, runtime_error, no_code or
 refused (the program ran into one of the sandbox's limits); the reward is 1 only when it is passed.
@@ -179,7 +181,7 @@ def run_tests(code: str, tests: dict, sandbox: str = "bwrap") -> Verdict:
     form = tests.get("form") if isinstance(tests, dict) else None
     if form not in ("assert", "stdio", "call"):
         raise ValueError(f"tests: field 'form' is {form!r}; expected 'assert', 'stdio' or 'call'")
-    program = tests["prelude"] + "\n" + code if form == "assert" else code
+    program = tests.get("prelude", "") + "\n" + code
     entry = tests.get("entry", "")
     with Sandbox(sandbox) as box:
         try:
@@ -596,7 +598,10 @@ def serve():
         reply({})
         for line in requests:
             request = json.loads(line)
-            reply(request if "end" in request else _run_stdio(code, request["input"], files, limits["output"], out, err))
+            if "end" in request:
+                reply(request)
+                return
+            reply(_run_stdio(code, request["input"], files, limits["output"], out, err))
         return
     space = {"__name__": "solution"}  # not __main__: a program's own `if __name__ == "__main__"` demo stays off
     try:
@@ -706,6 +711,11 @@ HELD_OUT = 500  # Codeforces problems of TACO's train split held out for evaluat
 HELD_OUT_SEED = 0
 FUNCTION_SUFFIX = ("Write the complete function in Python, with the imports it needs, in one fenced code block "
                    "(```python ... ```) at the end of your answer.")
+# What TACO's and LiveCodeBench's own harnesses put before a program, in substance: a solution may use
+# List, deque or heappush without importing them. (No star import of math: its pow would hide the builtin.)
+COMMON_IMPORTS = ("import bisect, collections, functools, heapq, itertools, math, random, re, string, sys\n"
+                  "from bisect import *\nfrom collections import *\nfrom functools import *\nfrom heapq import *\n"
+                  "from itertools import *\nfrom typing import *\n")
 STDIO_SUFFIX = ("Write a Python program that reads the input from standard input and writes the answer to "
                 "standard output, in one fenced code block (```python ... ```) at the end of your answer.")
 
@@ -795,10 +805,10 @@ def _taco_tests(spec, i: int) -> dict | None:
         return None
     if io.get("fn_name"):
         return {"form": "call", "entry": io["fn_name"], "cases": [list(c) for c in zip(inputs, outputs)],
-                "first_of_list": True}
+                "first_of_list": True, "prelude": COMMON_IMPORTS}
     lines = [(a if isinstance(a, str) else "\n".join(map(str, a)), b if isinstance(b, str) else "\n".join(map(str, b)))
              for a, b in zip(inputs, outputs)]
-    return {"form": "stdio", "cases": lines, "float_tol": 1e-5}
+    return {"form": "stdio", "cases": lines, "float_tol": 1e-5, "prelude": COMMON_IMPORTS}
 
 
 def livecodebench(hub_rows, window: tuple[str, str] = LCB_WINDOW) -> list[dict]:
@@ -816,11 +826,12 @@ def livecodebench(hub_rows, window: tuple[str, str] = LCB_WINDOW) -> list[dict]:
         starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
         if cases[0].get("testtype") == "functional":
             entry = "Solution." + json.loads(r.get("metadata") or "{}").get("func_name", "")
-            tests = {"form": "call", "entry": entry,
+            tests = {"form": "call", "entry": entry, "prelude": COMMON_IMPORTS,
                      "cases": [[[json.loads(a) for a in c["input"].split("\n")], json.loads(c["output"])]
                                for c in cases]}
         else:
-            tests = {"form": "stdio", "cases": [[c["input"], c["output"]] for c in cases], "float_tol": None}
+            tests = {"form": "stdio", "cases": [[c["input"], c["output"]] for c in cases], "float_tol": None,
+                     "prelude": COMMON_IMPORTS}
         rows.append({"id": r["question_id"], "answer": r["question_id"], "tests": tests,
                      "problem": f"{r['question_content']}{starter}\n"
                                 f"{FUNCTION_SUFFIX if tests['form'] == 'call' else STDIO_SUFFIX}"})

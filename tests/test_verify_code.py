@@ -177,6 +177,11 @@ def test_livecodebench_rows_in_the_window_with_public_and_compressed_private_cas
                     "                return [seen[target - x], i]\n            seen[x] = i\n")]
     assert [vc.grade_code(s, r["tests"]).status for s, r in zip(right, rows)] == ["passed", "passed"]
     assert vc.grade_code(fenced("print(max(map(int, input().split())) + 0.5)"), rows[0]["tests"]).status == "failed"
+    typed = ("class Solution:  # List and Counter unimported, as LiveCodeBench's harness allows\n"
+             "    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        seen = Counter()\n"
+             "        for i, x in enumerate(nums):\n            if seen[target - x]:\n"
+             "                return [seen[target - x] - 1, i]\n            seen[x] = i + 1\n")
+    assert vc.grade_code(fenced(typed), rows[1]["tests"]).status == "passed"
 
 
 def test_compressed_cases_that_name_a_class_are_refused_not_run():
@@ -275,7 +280,8 @@ def test_a_memory_bomb_is_refused():
 def test_an_infinite_loop_and_a_long_sleep_time_out(short_limits):
     start = time.monotonic()
     assert vc.grade_code(fenced("while True:\n    pass"), stdio(("", "1"))).status == "timeout"
-    assert vc.grade_code(fenced("import time\ntime.sleep(60)\ndef add(a, b):\n    return a + b"), ADD).status == "timeout"
+    sleeper = "import time\ntime.sleep(60)\ndef add(a, b):\n    return a + b"
+    assert vc.grade_code(fenced(sleeper), ADD).status == "timeout"
     assert time.monotonic() - start < 2 * (vc.WALL_S + 2)
     assert_nothing_left()
 
