@@ -93,14 +93,18 @@ def math_pieces(text):
     """text cut into (is_math, piece): the spans inside $ $, $$ $$, \\( \\) and \\[ \\], and the
     prose between them. An escaped dollar \\$ is prose, and so is an opener never closed."""
     pieces, i, n = [], 0, len(text)
+    ahead = dict.fromkeys(("$", "\\(", "\\["), -1)  # where each opener occurs next (n: nowhere)
+
+    def next_opener(k):  # searching again only past the ones behind k keeps the scan linear
+        for opener, j in ahead.items():
+            if j < k:
+                ahead[opener] = text.find(opener, k) % (n + 1)
+        return min(ahead.values())
+
     while i < n:
-        k = i
-        while True:  # the next opener; \$ is a dollar sign
-            k = min([j for j in (text.find("$", k), text.find("\\(", k), text.find("\\[", k))
-                     if j >= 0], default=n)
-            if not (0 < k < n and text[k - 1] == "\\" and text[k] == "$"):
-                break
-            k += 1
+        k = next_opener(i)
+        while 0 < k < n and text[k - 1] == "\\" and text[k] == "$":  # \$ is a dollar sign
+            k = next_opener(k + 1)
         opener, closer = next((pair for pair in MATH if text.startswith(pair[0], k)), ("", ""))
         close = text.find(closer, k + len(opener)) if opener else -1
         while close > 0 and closer == "$" and text[close - 1] == "\\":
