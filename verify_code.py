@@ -558,8 +558,8 @@ def decode(data, depth: int = 0):
 
 def serve():
     """Set the limits, read the job, then answer requests on the grader's pipe, one JSON line each.
-    The program gets /dev/null as standard input and a file in /tmp as its output, so it cannot read
-    requests or write replies by accident; on purpose it can only send plain data, or nothing."""
+    The program gets /dev/null as standard input and a file of the harness's as its output, so it
+    cannot read requests or write replies by accident; on purpose it can only send plain data."""
     import resource
 
     limits = json.loads(sys.argv[2])
@@ -581,51 +581,50 @@ def serve():
         while data:
             data = data[os.write(replies, data):]
 
-    def failure(e):
-        """The error message of an exception raised by the program, and whether a limit refused it."""
-        import traceback  # here, not at the start: most programs never need it
-
-        line = traceback.format_exception_only(type(e), e)[-1].strip()
-        return {"error": line, **({"status": "refused"} if _refused(e) else {})}
-
-    job = json.loads(requests.readline())
+    job, function = json.loads(requests.readline()), None
     try:
         code = compile(job["program"], "<program>", "exec")
-    except (SyntaxError, ValueError) as e:
-        reply(failure(e))
-        return
-    if job["form"] == "stdio":
-        reply({})
-        for line in requests:
-            request = json.loads(line)
-            if "end" in request:
-                reply(request)
-                return
-            reply(_run_stdio(code, request["input"], files, limits["output"], out, err))
-        return
-    space = {"__name__": "solution"}  # not __main__: a program's own `if __name__ == "__main__"` demo stays off
-    try:
-        exec(code, space)
-        function = _entry(space, job["entry"])
+        if job["form"] != "stdio":
+            space = {"__name__": "solution"}  # not __main__: a program's `if __name__ == "__main__"` demo stays off
+            exec(code, space)
+            function = _entry(space, job["entry"])
     except BaseException as e:  # SystemExit too: a program that exits has no function to call
-        reply(failure(e) if isinstance(e, Exception) else {"error": f"the program exited ({type(e).__name__})"})
+        reply(_failure(e))
         return
     reply({})
-    for line in requests:
+    for line in requests:  # until the grader's "end", or the first test the program cannot answer
         request = json.loads(line)
         if "end" in request:
-            reply(request)
+            message = request
+        elif function is None:
+            message = _run_stdio(code, request["input"], files, limits["output"], out, err)
+        else:
+            message = _call(function, request)
+        reply(message)
+        if "end" in request or "error" in message:
             return
-        try:
-            result = function(*decode(request["args"]))
-        except BaseException as e:
-            reply(failure(e) if isinstance(e, Exception) else {"error": f"the program exited ({type(e).__name__})"})
-            return
-        try:
-            reply({"result": encode(result)})
-        except TypeError as e:  # an object that could answer any comparison: a wrong answer, not a crash
-            reply({"error": f"returned {e}", "status": "failed"})
-            return
+
+
+def _call(function, request: dict) -> dict:
+    """The function on the request's arguments: its result as plain data, or why there is none."""
+    try:
+        result = function(*decode(request["args"]))
+    except BaseException as e:
+        return _failure(e)
+    try:
+        return {"result": encode(result)}
+    except TypeError as e:  # an object that could answer any comparison: a wrong answer, not a crash
+        return {"error": f"returned {e}", "status": "failed"}
+
+
+def _failure(e: BaseException) -> dict:
+    """The reply for an exception the program raised: its last line, and whether a limit refused it."""
+    if not isinstance(e, Exception):
+        return {"error": f"the program exited ({type(e).__name__})"}
+    import traceback  # here, not at the start: most programs never need it
+
+    line = traceback.format_exception_only(type(e), e)[-1].strip()
+    return {"error": line, **({"status": "refused"} if _refused(e) else {})}
 
 
 def _refused(e: BaseException) -> bool:

