@@ -1,7 +1,8 @@
 """
 Measure a model on math benchmarks: sample n answers per problem, grade each (verify.py, or Math-Verify
 as the authors' released evaluation does), and report Avg@n and Pass@k per benchmark and their macro
-average, as in the paper's Table 1.
+average, as in the paper's Table 1. The code benchmarks of its Table 2 (humaneval, livecodebench, codeforces)
+run each response's program against the problem's tests in verify_code.py's sandbox (docs/code.md).
 It also holds the measuring side of a training run, which scope.py calls: the quick eval, a step's
 numbers for metrics.jsonl, the run's curves (curves.png) and the experiment tracker.
 
@@ -10,6 +11,7 @@ numbers for metrics.jsonl, the run's curves (curves.png) and the experiment trac
   python eval.py --model runs/scope --data my.jsonl --problem-field question --answer-field gold
   python eval.py --model runs/scope --grader math-verify --pass-estimator bootstrap   # the paper's protocol
   torchrun --nproc_per_node=8 eval.py --model runs/scope --samples 32   # ranks split the problems
+  python eval.py --model runs/scope-code --benchmarks humaneval,livecodebench,codeforces   # Table 2
 
 Defaults are the paper's: 32 samples per problem at temperature 0.6, top-p 0.95, top-k 20, and the
 prompt of training (its suffix and chat template; the template's turn-closing token ends a response).
@@ -53,6 +55,7 @@ from transformers.utils import cached_file
 from sample import (PROMPT_SUFFIX, all_sum, build_prompt, fail, generate, kv_bytes_per_token, load_model, load_rows,
                     quiet_libraries, resolve, rows_per_call, setup_distributed, stop_ids)
 from verify import extract_answer, grade
+from verify_code import CODE_BENCHMARKS, SandboxUnavailable, check_sandbox, code_rows, extract_code, grade_many
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BENCHMARKS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23.jsonl",
@@ -75,7 +78,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", help="a local directory, a hub name, or a bare Qwen name (required)")
     p.add_argument("--plot-run", metavar="DIR", help="draw the curves of the training run in DIR and exit")
     p.add_argument("--benchmarks", default="",
-                   help=f"comma list of {', '.join(BENCHMARKS)} (default: {PAPER_BENCHMARKS}; none with --data)")
+                   help=f"comma list of {', '.join([*BENCHMARKS, *CODE_BENCHMARKS])} (default: {PAPER_BENCHMARKS}; "
+                        f"none with --data)")
     p.add_argument("--data", action="append", default=[],
                    help="evaluate a .jsonl/.json/.parquet file (repeatable; named by its file stem)")
     p.add_argument("--problem-field", default="problem", help="problem field of --data files")
@@ -103,6 +107,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="verify: verify.py in evaluation mode; math-verify: as the authors' released evaluation, "
                         "Math-Verify on the answer (on its last \\boxed{} for AIME, AMC, Minerva); needs "
                         "pip install math-verify")
+    p.add_argument("--sandbox", choices=("bwrap", "process"), default="bwrap",
+                   help="where the code benchmarks' programs run: bwrap (bubblewrap; grading refuses to start "
+                        "without it) or process (a plain child process with the same limits, not isolated; warns)")
     p.add_argument("--strict", action="store_true",
                    help="grade as training does (only a marked answer counts) instead of evaluation mode (verify)")
     p.add_argument("--batch-size", type=int, default=8, help="problems sampled together (and saved together)")
@@ -122,8 +129,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.benchmarks = "" if args.data else PAPER_BENCHMARKS
     args.benchmarks = [name for name in args.benchmarks.split(",") if name]
     for name in args.benchmarks:
-        if name not in BENCHMARKS:
-            p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        if name not in BENCHMARKS and name not in CODE_BENCHMARKS:
+            p.error(f"unknown benchmark {name!r}; choose from {', '.join([*BENCHMARKS, *CODE_BENCHMARKS])}")
+    if set(args.benchmarks) & CODE_BENCHMARKS.keys():
+        try:  # before the model loads: a sandbox that cannot run is said at once
+            check_sandbox(args.sandbox)
+        except SandboxUnavailable as e:
+            p.error(str(e))
     for name in ("n", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -153,7 +165,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def benchmark_sources(args) -> dict[str, tuple[str, str, str]]:
     """{name: (file or hub dataset, problem field, answer field)} for the named benchmarks (shipped in data/)
     and the --data files."""
-    sources = {name: (str(DATA_DIR / BENCHMARKS[name]), "problem", "answer") for name in args.benchmarks}
+    sources = {name: (CODE_BENCHMARKS[name] if name in CODE_BENCHMARKS else str(DATA_DIR / BENCHMARKS[name]),
+                      "problem", "answer") for name in args.benchmarks}
     for path in args.data:
         name = Path(path).stem
         if name in sources:
@@ -165,14 +178,15 @@ def benchmark_sources(args) -> dict[str, tuple[str, str, str]]:
 def load_benchmarks(args) -> dict[str, list[dict]]:
     """{name: rows} for the named benchmarks and the --data files, cut to --limit."""
     # "test" is the split read when a --data source is a hub dataset name rather than a file.
-    return {name: load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
+    return {name: code_rows(name, path, args.limit) if name in CODE_BENCHMARKS else
+            load_rows(path, "test", problem, answer, args.skip_bad_rows)[:args.limit or None]
             for name, (path, problem, answer) in benchmark_sources(args).items()}
 
 
 # -----------------------------------------------------------------------------
 # Generation and grading
 
-def grader(name: str, benchmark: str = "", strict: bool = False):
+def grader(name: str, benchmark: str = "", strict: bool = False, sandbox: str = "bwrap"):
     """judge(response, gold) -> {"extracted": the answer it graded or None, "correct": verdict}, for one
     benchmark's responses.
 
@@ -180,7 +194,16 @@ def grader(name: str, benchmark: str = "", strict: bool = False):
     math-verify: as the authors' released evaluation grades: Math-Verify's verify(parse("$gold$"), parse(answer)),
     where the answer is the text after the thinking, or, on AIME, AMC and Minerva, the last \\boxed{} of it
     (none: wrong). Both grade nothing of a response whose <think> never closes.
+    A code benchmark's judge runs the response's program against the problem's tests (verify_code.py; its
+    "gold" is the tests), and grades a batch at once on a pool of sandboxes (`judge.many`).
     """
+    if benchmark in CODE_BENCHMARKS:
+        def judge(response: str, tests: dict) -> dict:
+            return judge.many([response], [tests])[0]
+        judge.many = lambda responses, tests: [
+            {"extracted": extract_code(r), "correct": v.passed, "verdict": v.status}
+            for r, v in zip(responses, grade_many(list(zip(responses, tests)), sandbox))]
+        return judge
     if name == "verify":
         return lambda response, gold: {"extracted": extract_answer(response, not strict),
                                        "correct": grade(response, gold, not strict)}
@@ -210,9 +233,11 @@ def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, 
     ro = generate(model, tokenizer, prompts, n, stop=stop, temperature=temperature, top_p=top_p, top_k=top_k,
                   repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, max_rows=max_rows,
                   synced=synced, static=static)
-    return [[{"response": t, **judge(t, gold), "truncated": c}
-             for t, c in zip(ro.texts[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
-            for i, gold in enumerate(golds)]                          # rows i*n .. i*n+n-1 answer prompt i
+    every = [gold for gold in golds for _ in range(n)]              # rows i*n .. i*n+n-1 answer prompt i
+    graded = judge.many(ro.texts, every) if hasattr(judge, "many") else list(map(judge, ro.texts, every))
+    return [[{"response": t, **g, "truncated": c} for t, g, c in
+             zip(ro.texts[i * n:(i + 1) * n], graded[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
+            for i in range(len(golds))]
 
 
 def batch_seed(seed: int, benchmark: str, first: int) -> int:
@@ -341,7 +366,7 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
     with open_for_append(args.output_dir / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")) as f:
         for name, rows in benchmarks.items():
             bar.set_description(name)
-            judge = grader(args.grader, name, args.strict)
+            judge = grader(args.grader, name, args.strict, args.sandbox)
             share = list(range(rank, len(rows), world))
             for b in range(0, len(share), args.batch_size):
                 batch = share[b:b + args.batch_size]
@@ -349,7 +374,8 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
                 if not todo:
                     continue
                 torch.manual_seed(batch_seed(args.seed, name, batch[0]))
-                prompts = [build_prompt(tokenizer, rows[i]["problem"], args.prompt_suffix, args.chat_template)
+                suffix = "" if name in CODE_BENCHMARKS else args.prompt_suffix  # a code row carries its instruction
+                prompts = [build_prompt(tokenizer, rows[i]["problem"], suffix, args.chat_template)
                            for i in todo]
                 longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False).input_ids)
                 max_new = max(1, min(args.max_new_tokens, context - longest))  # prompt + response within context
@@ -357,7 +383,8 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
                     tqdm.write(f"--max-new-tokens {args.max_new_tokens} is capped where prompt + response would "
                                f"pass the model's context of {context} tokens (first: {max_new} for {name})")
                     said = True
-                results = sample_and_grade(model, tokenizer, prompts, [rows[i]["answer"] for i in todo], n=args.n,
+                results = sample_and_grade(model, tokenizer, prompts, [rows[i].get("tests", rows[i]["answer"])
+                                                                      for i in todo], n=args.n,
                                            stop=stop, temperature=args.temperature, top_p=args.top_p,
                                            top_k=args.top_k, repetition_penalty=args.repetition_penalty,
                                            max_new_tokens=max_new, judge=judge,
@@ -488,12 +515,13 @@ def plot(per_benchmark: dict[str, list[tuple[int, int]]], n: int, estimator: str
 # -----------------------------------------------------------------------------
 # Training runs: the quick eval, a step's numbers, the curves, the tracker (scope.py calls these)
 
-def held_out_accuracy(model, tokenizer, rows: list[dict], *, n: int, rank: int, world: int, **sampling) -> float:
+def held_out_accuracy(model, tokenizer, rows: list[dict], *, n: int, rank: int, world: int, judge=None,
+                      **sampling) -> float:
     """Fraction of correct samples over rows ({prompt, answer}), each rank sampling rows[rank::world]:
-    the trainer's quick eval, graded strictly as its training reward is."""
+    the trainer's quick eval, graded strictly as its training reward is (`judge`, a `grader`; math by default)."""
     mine = rows[rank::world]
     results = sample_and_grade(model, tokenizer, [r["prompt"] for r in mine], [r["answer"] for r in mine], n=n,
-                               judge=grader("verify", strict=True), **sampling)
+                               judge=judge or grader("verify", strict=True), **sampling)
     return all_sum(sum(s["correct"] for samples in results for s in samples), world) / (len(rows) * n)
 
 

@@ -260,9 +260,11 @@ def print_plan(cfg) -> bool:
     phases, s = estimate(cfg, student, teacher)
     setup = "one GPU, bf16 autocast" if cfg.gpus == 1 else \
         f"FSDP2, teacher {'sharded' if cfg.shard_teacher else 'replicated'}"
+    algorithm = getattr(cfg, "algorithm", "scope")
+    frozen = (f"{'teacher' if algorithm == 'scope' else 'KL reference'} {teacher.name} ({millions(teacher.params)} "
+              f"params)" if teacher else f"no teacher ({algorithm})")
     print(f"memory plan: {cfg.gpus} x {cfg.gpu_memory_gb:g} GB ({setup}); student {student.name} "
-          f"({millions(student.params)} params), " + (f"{'teacher' if cfg.algorithm == 'scope' else 'KL reference'} {teacher.name} "
-          f"({millions(teacher.params)} params)" if teacher else f"no teacher ({cfg.algorithm})"))
+          f"({millions(student.params)} params), {frozen}")
     print(f"per GPU: {cfg.batch_size // cfg.gpus} prompts x {cfg.group_size} = {s['rollouts']} rollouts of "
           f"{cfg.max_prompt_tokens} + {cfg.max_new_tokens} tokens; KV {s['kv_token'] / 1e3:.1f} KB/token "
           f"({s['kv_value']} bytes per value)\n")
@@ -278,6 +280,6 @@ def print_plan(cfg) -> bool:
     if not over:
         print(f"fits: peak {peak:.1f} GB ({peak_name}), {cfg.gpu_memory_gb - peak:.1f} GB free per GPU")
     checkpoint = checkpoint_bytes(student.params)
-    print(f"disk: {(cfg.keep_checkpoints + 1) * checkpoint / GB:.1f} GB in output_dir for checkpoints of "
-          f"{checkpoint / GB:.1f} GB (keep_checkpoints {cfg.keep_checkpoints}, and one more while a new one is written)")
+    print(f"disk: {(cfg.keep_checkpoints + 1) * checkpoint / GB:.3g} GB in output_dir for checkpoints of "
+          f"{checkpoint / GB:.3g} GB (keep_checkpoints {cfg.keep_checkpoints}, and one more while a new one is written)")
     return not over

@@ -38,6 +38,7 @@ from transformers import HfArgumentParser
 import plan
 import toy
 from reliability import catch_stop_signals, find_checkpoint, load_checkpoint, out_of_memory, save_checkpoint, stop_now
+from eval import grader as eval_grader
 from eval import (append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, rollout_labeller,
                   sampler_gap, step_metrics)
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
@@ -46,6 +47,7 @@ from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, che
                     score, score_rows, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
                     with_solutions, write_solutions)
 from verify import grade
+from verify_code import SandboxUnavailable, check_sandbox, grade_many, taco
 
 
 # -----------------------------------------------------------------------------
@@ -158,6 +160,11 @@ def arg(default, help: str):
 @dataclass
 class Config:
     # --- models and data
+    task: Literal["math", "code"] = arg("math", "math: the final answer graded by verify.py; code: the program run "
+                                                "on the problem's tests in a sandbox (verify_code.py), data in TACO's "
+                                                "form, problem and input_output fields (docs/code.md)")
+    code_sandbox: Literal["bwrap", "process"] = arg("bwrap", "code: bubblewrap (no network, a read-only machine), or "
+                                                             "the weaker process-only mode, asked for by name")
     student: str = arg("Qwen2.5-0.5B", "student: a local directory, a hub name, or a bare name meaning Qwen/<name>")
     teacher: str = arg("Qwen2.5-7B", "teacher (same forms); must share the student's tokenizer")
     train_data: str = arg("data/math_train.jsonl", "training problems: a .jsonl/.json/.parquet file or a hub dataset")
@@ -228,7 +235,7 @@ class Config:
     eval_data: str = arg("data/math500.jsonl", "held-out problems for the quick eval")
     eval_problem_field: str = arg("problem", "field holding the problem statement in eval_data")
     eval_answer_field: str = arg("answer", "field holding the reference answer in eval_data")
-    eval_every: int = arg(50, "quick eval before training and every this many steps (0 = never)")
+    eval_every: int = arg(50, "quick eval before training, every this many steps and at the last (0 = never)")
     eval_limit: int = arg(128, "the quick eval uses the first this many problems")
     eval_samples: int = arg(1, "samples per problem in the quick eval")
     eval_temperature: float = arg(0.0, "quick-eval sampling temperature (0 = greedy)")
@@ -371,7 +378,7 @@ def main(argv: list[str]):
         fail(f"batch_size {cfg.batch_size} must be divisible by the number of ranks ({world})")
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(cfg, out_dir)
-    build_missing_world(cfg, world)
+    toy.build_missing_world(cfg, world)
     check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
     compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
     student, teacher, tok, fast = load_models(cfg, device, compute, world)
@@ -379,9 +386,9 @@ def main(argv: list[str]):
     amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(resume_from, student, optimizer, cfg, fast) if resume_from else 0
-    sampling = sampling_settings(cfg, student, tok, fast, compute.itemsize if world > 1 else 4, world)  # fp32: fp32 cache
+    sampling = sampling_settings(cfg, student, tok, fast, compute.itemsize if world > 1 else 4, world)  # fp32 cache
+    (grade_all, judge), rollouts = graders(cfg), rollout_source(cfg, student, tok, fast, amp, world, sampling)
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
-    rollouts = rollout_source(cfg, student, tok, fast, amp, world, sampling)
     label = rollout_labeller(cfg.rollout_labels)  # per-rollout labels for metrics.jsonl (a toy world's)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
 
@@ -389,7 +396,7 @@ def main(argv: list[str]):
         student.eval()
         with sampling_with(student, fast, amp, world):
             accuracy = held_out_accuracy(student, tok, held_out, n=cfg.eval_samples, rank=rank, world=world,
-                                         **{**sampling, "temperature": cfg.eval_temperature})
+                                         judge=judge, **{**sampling, "temperature": cfg.eval_temperature})
         if rank == 0:
             append_eval(out_dir, step, accuracy, f"{cfg.eval_data}, {len(held_out)} problems")
         return accuracy
@@ -398,8 +405,8 @@ def main(argv: list[str]):
         quick_eval(0)
     stop = catch_stop_signals()
     bad_in_a_row, per_rank = 0, cfg.batch_size // world
-    bar = tqdm(range(start, cfg.max_steps), desc="scope", disable=rank != 0, dynamic_ncols=True,
-               initial=start, total=cfg.max_steps)
+    bar = tqdm(range(start, cfg.max_steps), "scope", initial=start, total=cfg.max_steps, disable=rank > 0,
+               dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
         # Sampling is seeded from (seed, step, rank): a resumed run draws exactly what it would have.
@@ -413,7 +420,7 @@ def main(argv: list[str]):
 
         # ---- grade them
         golds = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        correct = torch.tensor([grade(text, gold) for text, gold in zip(ro.texts, golds)], device=device)  # (N,)
+        correct = torch.tensor(grade_all(ro.texts, golds), device=device)                                 # (N,)
         group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
         t2 = time.perf_counter()
 
@@ -439,9 +446,8 @@ def main(argv: list[str]):
         roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, scored, world, label(rows, ro.texts))
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
                   "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t4 - t0),
-                  "time_sample": t1 - t0, "time_grade": t2 - t1, "time_teacher": t3 - t2, "time_update": t4 - t3}
-        if teacher is None:  # a baseline without a frozen model: no teacher phase to time
-            del record["time_teacher"]
+                  "time_sample": t1 - t0, "time_grade": t2 - t1, "time_update": t4 - t3,
+                  **({"time_teacher": t3 - t2} if teacher is not None else {})}  # a baseline may have no teacher
         if fast is not None and eval_due:
             record.update(sampler_gap(infos, batches, sampler_logp, ro.resp, world))
         if eval_due:
@@ -487,6 +493,20 @@ def sampling_settings(cfg: Config, model, tok, fast, kv_bytes: int, world: int) 
                 max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
 
 
+def graders(cfg: Config):
+    """(grade_all(responses, golds) -> verdicts, the quick eval's judge) of the run's task: verify.py's strict grade of
+    a marked final answer (math), or every test passed in the sandbox (code: golds are the tests; a pool of
+    sandboxes grades a step's rollouts at once)."""
+    judge = eval_grader("verify", "codeforces" if cfg.task == "code" else "", strict=True, sandbox=cfg.code_sandbox)
+    if cfg.task == "math":
+        return (lambda texts, golds: [grade(text, gold) for text, gold in zip(texts, golds)]), judge
+    try:
+        check_sandbox(cfg.code_sandbox)  # refuse at start, saying how to install bubblewrap, rather than at step 1
+    except SandboxUnavailable as e:
+        fail(f"field 'code_sandbox' is {cfg.code_sandbox!r}: {e} (--code-sandbox process)")
+    return (lambda texts, golds: [v.passed for v in grade_many(list(zip(texts, golds)), cfg.code_sandbox)]), judge
+
+
 def teacher_reads(cfg: Config, correct: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the rollouts the frozen model scores. SCOPE's teacher: those the loss reads, the wrong ones when
     routed (every one under OPD, or with teacher_rollouts all); GRPO's initial student (kl_beta > 0): every one."""
@@ -503,29 +523,13 @@ def write_kd_data(cfg: Config, device: torch.device, world: int):
     (temperature, top_p, top_k, max_new_tokens), into kd_data; resumable."""
     if world > 1:
         fail("--kd-generate runs in one process: start it with python, not torchrun")
-    build_missing_world(cfg, world)
+    toy.build_missing_world(cfg, world)
     compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
     teacher, tok = load_model(cfg.teacher, compute, device)
     write_solutions(teacher.eval(), tok, problems(cfg, tok, world), Path(cfg.kd_data), resolve(cfg.teacher),
                     group_size=cfg.group_size, seed=cfg.seed, temperature=cfg.temperature,
                     **sampling_settings(cfg, teacher, tok, None, compute.itemsize, world))
     print(f"done: {cfg.kd_data} holds the teacher's solutions; train with the same flags without --kd-generate")
-
-
-def build_missing_world(cfg: Config, world: int):
-    """The offline demo in one command: build the toy world `build_world` in the student's parent directory
-    when the student is not there yet (toy.py returns at once when the world is already built)."""
-    if not cfg.build_world or Path(cfg.student).exists():
-        return
-    if cfg.build_world not in toy.WORLDS:
-        fail(f"field 'build_world' is {cfg.build_world!r}; toy worlds are: {', '.join(toy.WORLDS)} ('' = never)")
-    root = Path(cfg.student).parent
-    if world > 1:  # every rank would build the same world at once
-        fail(f"{cfg.student} does not exist; build the world with one process first: "
-             f"python toy.py --world {cfg.build_world} {root}")
-    print(f"{cfg.student} does not exist: building the {cfg.build_world} toy world in {root} first "
-          f"(a few minutes, once)")
-    toy.WORLDS[cfg.build_world](root)
 
 
 def finish(student, tok, out_dir: Path, rank: int, world: int):
@@ -541,8 +545,8 @@ def finish(student, tok, out_dir: Path, rank: int, world: int):
 
 def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
     """(student, teacher, tokenizer, rollout copy): the student in float32 (its master weights), the teacher frozen
-    in the compute dtype (GRPO: the initial student when kl_beta > 0, else None; KD: None); both sharded with FSDP2 under torchrun (the teacher unless shard_teacher is false); the
-    student's RolloutCopy for the fast path, else None."""
+    in the compute dtype (GRPO: the initial student when kl_beta > 0, else None; KD: None); both sharded with FSDP2
+    under torchrun (the teacher unless shard_teacher is false); the student's RolloutCopy for the fast path, else None."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16
     student, tok = load_model(cfg.student, torch.float32, device)
@@ -569,8 +573,16 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
         return []
     source, split, keys = ((cfg.eval_data, "test", (cfg.eval_problem_field, cfg.eval_answer_field)) if held_out else
                            (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
-    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=bool(cfg.rollout_labels) and not held_out)
-    rows = with_prompts(rows, tok, cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
+    code = cfg.task == "code"
+    every_field = code or bool(cfg.rollout_labels) and not held_out  # what a labeller or TACO's tests read
+    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=every_field)
+    if code:  # the tests become the answer; each problem says how to answer (a function, or standard output)
+        rows = [{**r, "answer": r["tests"]} for r in taco([{**r, "question": r["problem"], "input_output": r["answer"]}
+                                                            for r in rows], held_out=None if held_out else False)]
+        if not rows:
+            fail(f"{source}: no row's {keys[1]!r} holds tests in TACO's input_output form (a JSON object with "
+                 f"'inputs' and 'outputs', and 'fn_name' for a function)")
+    rows = with_prompts(rows, tok, "" if code else cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
     if cfg.algorithm == "kd" and not held_out and not cfg.kd_generate:
         rows = with_solutions(rows, Path(cfg.kd_data), resolve(cfg.teacher), tok, cfg.group_size,
                               again="python scope.py <this run's flags> --kd-generate")

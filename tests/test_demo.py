@@ -40,20 +40,20 @@ def test_the_demo_config_builds_its_missing_world_says_so_and_trains(fake_world,
 def test_an_existing_world_is_not_rebuilt(fake_world, tiny_pair, capsys):
     student, teacher, _ = tiny_pair
     cfg = scope.parse_config(["--build-world", "demo", "--student", str(student), "--teacher", str(teacher)])
-    scope.build_missing_world(cfg, world=1)
+    toy.build_missing_world(cfg, world=1)
     assert fake_world == [] and "building" not in capsys.readouterr().out
 
 
 def test_an_empty_build_world_never_builds(fake_world, tmp_path):
     cfg = scope.parse_config(["--student", str(tmp_path / "missing" / "student")])
-    scope.build_missing_world(cfg, world=1)
+    toy.build_missing_world(cfg, world=1)
     assert cfg.build_world == "" and fake_world == []
 
 
 def test_under_torchrun_a_missing_world_is_refused_with_the_command_that_builds_it(fake_world, tmp_path, capsys):
     cfg = scope.parse_config(["--build-world", "demo", "--student", str(tmp_path / "world" / "student")])
     with pytest.raises(SystemExit):
-        scope.build_missing_world(cfg, world=2)
+        toy.build_missing_world(cfg, world=2)
     assert f"python toy.py --world demo {tmp_path / 'world'}" in capsys.readouterr().err
     assert fake_world == []
 
@@ -61,7 +61,7 @@ def test_under_torchrun_a_missing_world_is_refused_with_the_command_that_builds_
 def test_an_unknown_world_is_refused_naming_the_field_and_the_worlds(tmp_path, capsys):
     cfg = scope.parse_config(["--build-world", "moon", "--student", str(tmp_path / "world" / "student")])
     with pytest.raises(SystemExit):
-        scope.build_missing_world(cfg, world=1)
+        toy.build_missing_world(cfg, world=1)
     err = capsys.readouterr().err
     assert "build_world" in err and "'moon'" in err and "demo" in err and "premises" in err
 

@@ -15,7 +15,8 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 import eval as evaluation
-from conftest import ROOT, next_token_model
+import scope
+from conftest import ROOT, next_token_model, tiny_args
 from sample import PROMPT_SUFFIX, build_prompt, load_model
 from verify import extract_answer, grade
 
@@ -348,3 +349,23 @@ def test_a_batch_is_split_into_generate_calls_whose_kv_cache_fits_the_budget(coi
     assert rows == [5, 5, 2, 5, 5, 2, 5, 1]          # batches of 2, 2 and 1 problems x 6 samples
     assert all(r * 16 * 1_536 <= 125_000 for r in rows)
     assert summary["average"]["problems"] == 5
+
+
+def test_a_run_resumed_before_its_first_checkpoint_keeps_one_eval_line_per_step(tiny_pair, tmp_path):
+    """A demo killed before its only checkpoint starts again from step 0 and measures step 0 again: eval.jsonl
+    then holds that step once, with no second line."""
+    student, teacher, data = tiny_pair
+    run = tmp_path / "run"
+    args = tiny_args(student, teacher, data, run, "--eval-every", "1", "--eval-data", str(data), "--eval-limit", "2",
+                     "--resume", "auto")
+    scope.main(args)
+    for checkpoint in run.glob("step_*"):                     # as if killed before any checkpoint was written
+        shutil.rmtree(checkpoint)
+    scope.main(args)
+    steps = [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+
+
+def test_the_demo_checkpoints_before_its_last_step_so_a_stopped_demo_resumes_mid_way():
+    cfg = scope.parse_config(["--config", str(ROOT / "configs" / "toy.yaml")])
+    assert cfg.save_every < cfg.max_steps and cfg.keep_checkpoints >= 1

@@ -26,7 +26,7 @@ def cfg(tmp_path):
         student=save_config(tmp_path / "student"), teacher=save_config(tmp_path / "teacher", hidden_size=64, num_hidden_layers=8),
         batch_size=8, group_size=4, max_prompt_tokens=16, max_new_tokens=48, micro_batch_tokens=512,
         logprob_chunk_tokens=64, gradient_checkpointing=True, dtype="bfloat16", shard_teacher=True,
-        rollout_kv_gb=1e-4, gpus=1, gpu_memory_gb=80.0, rollouts="plain")
+        rollout_kv_gb=1e-4, gpus=1, gpu_memory_gb=80.0, rollouts="plain", keep_checkpoints=2)
 
 
 def phases(cfg) -> dict[str, float]:

@@ -190,8 +190,8 @@ def test_scope_raises_the_demo_students_held_out_accuracy(toy_world, tmp_path):
 def test_teacher_log_probs_use_the_teacher_temperature_when_one_is_set(tiny_pair, tmp_path, monkeypatch, flags,
                                                                       expected):
     student, teacher, data = tiny_pair
-    seen, real = [], scope.score
-    monkeypatch.setattr(scope, "score", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
+    seen, real = [], scope.score_rows
+    monkeypatch.setattr(scope, "score_rows", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
     run_scope(tiny_args(student, teacher, data, tmp_path / "run", *flags))
     assert seen == [expected, expected]                       # one teacher scoring per step
 
