@@ -768,7 +768,7 @@ def taco(hub_rows, held_out: bool | None = None) -> list[dict]:
             continue
         suffix = FUNCTION_SUFFIX if tests["form"] == "call" else STDIO_SUFFIX
         starter = f"\n```python\n{r['starter_code']}\n```" if r.get("starter_code") else ""
-        solutions = json.loads(r.get("solutions") or "[]")
+        solutions = _json_list(r.get("solutions"))
         rows.append({"id": r.get("url") or f"taco-{i}", "answer": r.get("url") or f"taco-{i}",
                      "problem": f"{r['question']}{starter}\n{suffix}", "tests": tests,
                      "codeforces": "codeforces" in str(r.get("source", "")).lower(),
@@ -780,6 +780,15 @@ def taco(hub_rows, held_out: bool | None = None) -> list[dict]:
         drawn = set(random.Random(HELD_OUT_SEED).sample(codeforces, min(HELD_OUT, len(codeforces))))
         rows = [r for i, r in enumerate(rows) if (i in drawn) == held_out]
     return rows
+
+
+def _json_list(value) -> list:
+    """A TACO field that holds a list as JSON text (or the list itself); [] when it holds none."""
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
 
 
 def keep_solved(rows: list[dict], name: str, sandbox: str = "bwrap") -> list[dict]:
