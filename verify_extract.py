@@ -12,7 +12,7 @@ END_OF_TURN = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")  # c
 SIGN_OFF = "i hope it is correct"  # the closing line of the MATH and Minerva prompt formats
 MATH = (("$$", "$$"), ("\\[", "\\]"), ("$", "$"), ("\\(", "\\)"))  # openers and closers of math
 CLAUSE_ENDS = (". ", ".\n", "\n", ";", "? ", "! ")
-MAX_ITEMS = 64  # boxes joined into one list
+MAX_BOXES = 64  # boxes joined into one list
 
 
 def match_brace(s, i):
@@ -31,7 +31,7 @@ def boxed_answer(text):
     joined by commas (`\\boxed{2} and \\boxed{3}` gives `2, 3`). None when there is no box,
     '' when the last box is empty or unclosed."""
     found, end = [], len(text)
-    while len(found) < MAX_ITEMS:
+    while len(found) < MAX_BOXES:
         start = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
         if start < 0:
             break
@@ -66,8 +66,8 @@ def phrase_start(text, phrases=PHRASES):
 
 def phrase_answer(text):
     """What follows the last "the answer is" or "Final Answer:" (any case): display math right
-    after it, else its sentence, or the value that sentence ends on when it is prose ("The volume
-    of $V$ is 120"). None when no phrase occurs."""
+    after it, else its sentence; when that sentence is prose, the value it opens with, else the
+    last value after its last 'is' ("The volume of $V$ is 120"). None when no phrase occurs."""
     start = phrase_start(text)
     if start < 0:
         return None
@@ -75,8 +75,14 @@ def phrase_answer(text):
     for opener, closer in MATH[:2]:  # display math holds the whole answer, line breaks and all
         if rest.startswith(opener) and rest.find(closer, len(opener)) > 0:
             return rest[len(opener):rest.find(closer, len(opener))]
-    sentence = rest.split("\n")[0].split(". ")[0].split(".\t")[0]
-    return prose_answer(sentence) if is_prose(sentence) else sentence.strip(" \"'")
+    sentence = rest.split("\n")[0].split(". ")[0].split(".\t")[0].strip(" \"'")
+    if not is_prose(sentence):
+        return sentence
+    if sentence.startswith("$"):  # '$12$, which is 3 more than 9': the value it opens with
+        return sentence.split("$")[1]
+    verb = sentence.rfind(" is ")  # 'The volume of $V$ is 120': the value after its last 'is'
+    tail = sentence[verb + 4:] if verb >= 0 else sentence
+    return number_in(sentence.split()[0]) or prose_answer(tail)
 
 
 def is_prose(text):

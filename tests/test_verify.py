@@ -342,6 +342,8 @@ def test_prose_gives_the_last_value_of_its_last_clause():
     def answer(text):
         return verify.extract_answer(text, fallback=True)
     assert answer("Final Answer: The volume of $V$ is 120. I hope it is correct.") == "120"
+    assert verify.extract_answer("The answer is 12, which is 3 more than 9.") == "12"
+    assert verify.extract_answer("The answer is $12$, which is 3 more than 9.") == "12"
     assert answer("So the error increases by 100%.") == "100%"
     assert answer("so the price is 10 which is 1,000.99\u20ac") == "1000.99"
     assert answer("so the area is 10 which is 1,000.99m\u00b2") == "1000.99"
