@@ -4,8 +4,10 @@ Each case is (convention, response, gold, expected, marked). `expected` is the m
 for a reader who takes the answer from prose; `marked` says whether the response marks its answer
 (a box, a bare answer, a `$...$` answer, "the answer is"). The strict mode, `grade(r, g)`, should
 accept a case only when it is expected and marked; the evaluation mode, `grade(r, g, fallback=True)`,
-whenever it is expected. Negatives are things no grader should accept. Written by hand for this
-project, not taken from any data set.
+whenever it is expected. Negatives are things no grader should accept. `CASES` are written by
+hand for this project, not taken from any data set. `MATH_VERIFY_CASES` are read from Math-Verify's
+test suite, in the same form; `DISAGREEMENTS` lists where this project's verdict differs from
+Math-Verify's, with the reason, and `GAPS` the cases this checker still misses.
 """
 
 CASES = [
