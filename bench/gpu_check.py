@@ -14,8 +14,11 @@ machine has no hub access), with random weights. It prints one table and exits n
   4. the memory plan (plan.py) against torch.cuda.max_memory_allocated at the r1-distill config's per-GPU share
      (32 prompts x 8, a 4,096-token padded prompt): static generation (its prefill, the cache allocated whole),
      teacher scoring and the update at one micro-batch; the plan must not be below the measurement;
-  5. three steps of scope.py on Qwen2.5-0.5B / 7B-architecture local directories, on both rollout paths, a save,
-     and a resume of one more step.
+  5. three steps of scope.py on Qwen2.5-0.5B / 7B-architecture local directories, on both rollout paths and
+     with --algorithm grpo, a save, and a resume of one more step;
+  6. the teacher's cost (bench/bench_cost.py's question at the real sizes): Qwen2.5-7B scoring 64 rollouts of
+     1,024 response tokens, all of them against the half a 50% pass rate leaves wrong (sample.score_rows); the
+     wrong half must take at most 0.6 of the time.
 On CPU (--tiny) nothing is compiled, no graph is recorded and memory is not measured: those rows say so.
 """
 import argparse
@@ -38,7 +41,7 @@ import plan  # noqa: E402
 import toy  # noqa: E402
 from bench_step import STUDENT, TEACHER, TINY_STUDENT, TINY_TEACHER  # noqa: E402
 from plans import MODELS, shipped_plan_config  # noqa: E402
-from sample import RolloutCopy, Rollouts, generate, score, token_logprobs  # noqa: E402
+from sample import RolloutCopy, Rollouts, generate, score, score_rows, token_logprobs  # noqa: E402
 from scope import Config, accumulate_gradients  # noqa: E402
 
 R1 = "configs/r1-distill-1.5b_skywork-7b.yaml"
@@ -236,12 +239,12 @@ def check_runs(tiny: bool) -> list:
             tok.save_pretrained(tmp / role)
             del model
         (tmp / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
-        for path in ("plain", "static"):
+        for path, extra in (("plain", []), ("static", ["--rollouts", "static"]), ("grpo", ["--algorithm", "grpo"])):
             args = [sys.executable, str(ROOT / "scope.py"), "--student", str(tmp / "student"), "--teacher",
                     str(tmp / "teacher"), "--train-data", str(tmp / "train.jsonl"), "--eval-data",
                     str(tmp / "train.jsonl"), "--eval-limit", "8", "--eval-every", "3", "--batch-size", "4",
                     "--group-size", "4", "--max-prompt-tokens", "64", "--max-new-tokens", "32", "--save-every", "3",
-                    "--rollouts", path, "--output-dir", str(tmp / path)]
+                    *extra, "--output-dir", str(tmp / path)]
             first = subprocess.run(args + ["--max-steps", "3"], capture_output=True, text=True)
             again = subprocess.run(args + ["--max-steps", "4", "--resume", "auto"], capture_output=True, text=True)
             steps = [json.loads(x)["step"] for x in (tmp / path / "metrics.jsonl").read_text().splitlines()] \
@@ -250,6 +253,32 @@ def check_runs(tiny: bool) -> list:
             why = "" if ok else (first.stderr + again.stderr)[-300:].replace("\n", " ")
             rows.append((f"scope.py {path}: 3 steps, save, resume 1", f"steps {steps} {why}", ok))
     return rows
+
+
+def check_teacher_cost(device, tiny: bool) -> list:
+    """Seconds of teacher scoring for every rollout and for the wrong half only, the best of two passes each."""
+    teacher = build(shapes(tiny)[1], torch.bfloat16 if not tiny else torch.float32, device).eval()
+    rows, length = (8, 32) if tiny else (64, 1024)
+    vocab = shapes(tiny)[1]["vocab_size"]
+    tokens = torch.randint(0, vocab, (rows, 64 + length), device=device)
+    attn = torch.ones_like(tokens, dtype=torch.bool)
+    resp = attn.clone()
+    resp[:, :64] = False
+    ro = Rollouts(tokens, attn, resp, [""] * rows, torch.zeros(rows, dtype=torch.bool, device=device))
+    seconds = {}
+    for name, picked in (("all", torch.ones(rows, dtype=torch.bool)), ("wrong", torch.arange(rows) % 2 == 1)):
+        best = float("inf")
+        for _ in range(2):
+            sync(teacher)
+            t = time.perf_counter()
+            with torch.no_grad():
+                score_rows(teacher, ro, picked.to(device), 32768, 1, vocab=vocab, temperature=0.6)
+            sync(teacher)
+            best = min(best, time.perf_counter() - t)
+        seconds[name] = best
+    ratio = seconds["wrong"] / seconds["all"]
+    return [(f"teacher scoring, {rows} rollouts x {length} tokens: all vs the wrong half",
+             f"{seconds['all']:.2f} s vs {seconds['wrong']:.2f} s ({ratio:.2f}x)", tiny or ratio <= 0.6)]
 
 
 def main(argv: list[str]) -> int:
@@ -272,7 +301,8 @@ def main(argv: list[str]) -> int:
                         ("speed", lambda: check_speed(student, make_copy, device, amp, args.tiny)),
                         ("graphs", lambda: check_graphs(student, make_copy(16, 64 + 32), device, amp, args.tiny)),
                         ("memory", lambda: check_memory(device, args.tiny)),
-                        ("runs", lambda: check_runs(args.tiny))):
+                        ("runs", lambda: check_runs(args.tiny)),
+                        ("teacher cost", lambda: check_teacher_cost(device, args.tiny))):
         t = time.perf_counter()
         try:
             found = check()

@@ -79,3 +79,10 @@ def test_code_data_without_tests_is_refused_naming_the_file_and_field(tiny_pair,
         scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--task", "code", "--code-sandbox", "process"))
     err = capsys.readouterr().err
     assert f"{data}: no row's 'answer' holds tests in TACO's input_output form" in err
+
+
+def test_the_papers_code_configuration_trains_on_taco_with_the_sandbox():
+    cfg = scope.parse_config(["--config", "configs/r1-distill-1.5b_skywork-7b_code.yaml"])
+    assert (cfg.task, cfg.code_sandbox, cfg.train_data, cfg.answer_field) == ("code", "bwrap", "BAAI/TACO", "input_output")
+    assert (cfg.student, cfg.teacher, cfg.group_size) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                                                          "Skywork/Skywork-OR1-7B", 8)

@@ -315,7 +315,9 @@ def test_the_gpu_check_runs_every_check_on_cpu_with_tiny_models(capsys):
     for row in ("| greedy agreement", "| |log-prob gap| copy vs student, positions 256-512", "| decode plain, 8 rows",
                 "| decode static, 8 rows", "| CUDA graphs over 4 calls | not on CPU",
                 "| scope.py plain: 3 steps, save, resume 1 | steps [1, 2, 3, 4]",
-                "| scope.py static: 3 steps, save, resume 1 | steps [1, 2, 3, 4]"):
+                "| scope.py static: 3 steps, save, resume 1 | steps [1, 2, 3, 4]",
+                "| scope.py grpo: 3 steps, save, resume 1 | steps [1, 2, 3, 4]",
+                "| teacher scoring, 8 rollouts x 32 tokens: all vs the wrong half"):
         assert row in out, row
     assert "0 failed" in out
 

@@ -13,10 +13,12 @@ import eval as evaluation
 import scope
 from conftest import ROOT, tiny_args
 
-PROJECT = {"scope", "sample", "verify", "eval", "toy", "plan"}
-# Each file and the project modules it may import: the trainer on top, verify.py and sample.py at the bottom.
-ALLOWED = {"verify.py": set(), "sample.py": set(), "plan.py": {"sample"}, "eval.py": {"sample", "verify"},
-           "toy.py": {"sample", "verify"}, "scope.py": {"sample", "verify", "eval", "plan", "toy"}}
+PROJECT = {"scope", "sample", "verify", "verify_extract", "verify_code", "eval", "toy", "plan", "reliability"}
+# Each file and the project modules it may import: the trainer on top; the graders and sample.py at the bottom.
+ALLOWED = {"verify.py": {"verify_extract"}, "verify_extract.py": set(), "verify_code.py": set(), "sample.py": set(),
+           "plan.py": {"sample"}, "eval.py": {"sample", "verify", "verify_code"}, "toy.py": {"sample", "verify"},
+           "reliability.py": {"sample", "plan"},
+           "scope.py": {"sample", "verify", "verify_code", "eval", "plan", "toy", "reliability"}}
 
 
 def imports(path) -> tuple[set[str], set[str]]:
@@ -41,7 +43,7 @@ def test_imports_point_one_way_and_none_hides_inside_a_function(path):
 def test_every_choice_field_lists_its_choices_in_help():
     out = subprocess.run([sys.executable, "scope.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     for words in ("{ppl,uniform,reversed}", "{mean,sum}", "{token_mean,sum,micro_token_mean}", "{plain,static}",
-                  "{none,wandb,tensorboard,trackio}"):
+                  "{none,wandb,tensorboard,trackio}", "{scope,grpo,kd}", "{math,code}", "{wrong,all}"):
         assert words in out
     assert "(default: 0.6)" in out  # defaults are shown
 
