@@ -12,13 +12,15 @@ The specification, with the equations cited below, is METHOD.md (SCOPE, arXiv 26
 Simplifications, stated up front: one optimizer step per rollout batch, so the policy that
 sampled is the policy being updated; the importance ratio rho is exactly 1 in value and only its
 gradient matters, so there is no clipping. The teacher never generates; it scores the student's
-tokens in one forward pass.
+tokens in one forward pass, and only those of the wrong answers, the only ones the loss reads.
+The paper's baselines GRPO and KD are objectives beside SCOPE's (`algorithm`), in the same loop.
 
 Run:
   python scope.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B          # one GPU
   python scope.py --config configs/toy.yaml                            # offline CPU demo (builds its world once)
   python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --gpus 8 --plan   # memory per GPU
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
+  python scope.py --config configs/toy_grpo.yaml                       # the demo under GRPO (KD: toy_kd.yaml)
 """
 import argparse
 import math

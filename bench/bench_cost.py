@@ -22,8 +22,8 @@ Worlds:
           into --demo-dir when missing; its own verifier, so the fraction correct is what the student gets
   paper   the paper's proportions: random-initialised Qwen2 models on a tokenizer trained here, the teacher
           --teacher-scale times the student's parameters (7.6B / 1.5B for Skywork-OR1-7B over
-          R1-Distill-Qwen-1.5B: about 5), responses up to --response-len tokens (random models rarely stop
-          early), and a stand-in verifier that passes a stated fraction --correct of the rollouts (a hash of
+          R1-Distill-Qwen-1.5B: about 5), 8 problems x 8 rollouts a step, responses up to --response-len tokens
+          (random models rarely stop early), and a stand-in verifier that passes a stated fraction --correct of the rollouts (a hash of
           the text), since random models solve nothing
 """
 import argparse
@@ -152,12 +152,12 @@ def main(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worlds", default="demo,paper", help="comma list of demo, paper")
     p.add_argument("--predict", action="store_true", help="print the prediction for the paper's pairs and exit")
-    p.add_argument("--steps", type=int, default=4, help="steps per run; the first is dropped")
+    p.add_argument("--steps", type=int, default=3, help="steps per run; the first is dropped")
     p.add_argument("--rounds", type=int, default=2, help="runs of each configuration, taken in turn")
     p.add_argument("--demo-dir", default=".toy", help="the demo world's directory (built there when missing)")
     p.add_argument("--teacher-scale", type=float, default=5.0, help="paper world: teacher params / student's")
     p.add_argument("--correct", type=float, default=0.5, help="paper world: fraction of rollouts graded correct")
-    p.add_argument("--response-len", type=int, default=96, help="paper world: max_new_tokens")
+    p.add_argument("--response-len", type=int, default=64, help="paper world: max_new_tokens")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2: the first step is dropped")
@@ -178,7 +178,7 @@ def main(argv: list[str]):
             elif world == "paper":
                 student, teacher, data, what = paper_world(tmp / "world", args.teacher_scale)
                 base = ["--student", str(student), "--teacher", str(teacher), "--train-data", str(data),
-                        "--group-size", "8", "--batch-size", "16", "--max-prompt-tokens", "64",
+                        "--group-size", "8", "--batch-size", "8", "--max-prompt-tokens", "64",
                         "--max-new-tokens", str(args.response_len), "--micro-batch-tokens", "8192",
                         "--gradient-checkpointing", "false", "--lr", "2e-4"]
                 title = (f"paper's proportions: {what}; responses up to {args.response_len} tokens; "
