@@ -449,6 +449,8 @@ CLAIMS = [
      [("opd_g1_paper", "avg@8")], None),
     ("SCOPE beats OPD at equal rollouts (G = 1, 8x the prompts)", "not run by the paper", "scope",
      [("opd_g1", "avg@8")], None),
+    ("SCOPE beats GRPO (the same rollouts, no teacher)", "Table 1 compares them (its numbers are not in this "
+     "repository)", "scope", [("grpo", "avg@8")], None),
 ]
 
 
