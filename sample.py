@@ -388,26 +388,29 @@ def read_solutions(path: Path) -> list[dict]:
 def write_solutions(model, tokenizer, rows: list[dict], path: Path, teacher: str, *, group_size: int, seed: int,
                     **sampling):
     """Append G of the teacher's sampled solutions to each of `rows` to `path` (JSONL, a line per problem naming the
-    teacher and its tokenizer), one generate call's problems at a time, flushed: run again to continue."""
+    teacher and its tokenizer), one generate call's problems at a time, flushed: run again, with the same flags, to
+    continue. Each call's problems and seed are a function of its number, so a continued file equals an unbroken one."""
     done = {line["index"] for line in read_solutions(path)}
-    todo = [i for i in range(len(rows)) if i not in done]
     per_call = max(1, sampling["max_rows"] // group_size)
-    print(f"{path}: {len(done)} of {len(rows)} problems already solved by the teacher; sampling the other {len(todo)}")
+    calls = sorted({i // per_call for i in range(len(rows)) if i not in done})
+    print(f"{path}: {len(done)} of {len(rows)} problems already solved by the teacher; sampling the others")
     fingerprint = tokenizer_fingerprint(tokenizer)
     with open(path, "a") as f:
-        for start in range(0, len(todo), per_call):
-            chunk = todo[start:start + per_call]
-            torch.manual_seed(seed * 1_000_003 + chunk[0])  # a function of the problems alone: a rerun draws the same
+        for n, call in enumerate(calls, 1):
+            chunk = range(call * per_call, min((call + 1) * per_call, len(rows)))
+            torch.manual_seed(seed * 1_000_003 + call)
             ro = generate(model, tokenizer, [rows[i]["prompt"] for i in chunk], group_size, **sampling)
             for j, i in enumerate(chunk):
-                ids = [r[m].tolist() for r, m in zip(ro.tokens[j * group_size:(j + 1) * group_size],
-                                                     ro.resp[j * group_size:(j + 1) * group_size])]
+                if i in done:  # a call cut short: its lines that reached the file stay, the others follow
+                    continue
+                mine = slice(j * group_size, (j + 1) * group_size)
+                ids = [r[m].tolist() for r, m in zip(ro.tokens[mine], ro.resp[mine])]
                 f.write(json.dumps({"index": i, "problem": rows[i]["problem"], "prompt": rows[i]["prompt"],
-                                    "teacher": teacher, "tokenizer": fingerprint, "response_ids": ids,
-                                    "responses": ro.texts[j * group_size:(j + 1) * group_size]}) + "\n")
+                                    "teacher": teacher, "tokenizer": fingerprint, "responses": ro.texts[mine],
+                                    "response_ids": ids}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-            say(f"{path}: {start + len(chunk)} of {len(todo)}")
+            say(f"{path}: call {n} of {len(calls)}")
 
 
 def with_solutions(rows: list[dict], path: Path, teacher: str, tokenizer, group_size: int, again: str) -> list[dict]:
@@ -416,8 +419,8 @@ def with_solutions(rows: list[dict], path: Path, teacher: str, tokenizer, group_
     that writes the file."""
     if not path.exists():
         fail(f"kd_data {path} does not exist; sample the teacher's solutions first: {again}")
-    lines, fingerprint = {line.get("index"): (n, line) for n, line in enumerate(read_solutions(path), 1)}, \
-        tokenizer_fingerprint(tokenizer)
+    lines = {line.get("index"): (n, line) for n, line in enumerate(read_solutions(path), 1)}  # index: (number, line)
+    fingerprint = tokenizer_fingerprint(tokenizer)
     for i, row in enumerate(rows):
         if i not in lines:
             fail(f"{path} holds no solutions for problem {i} ({len(lines)} of {len(rows)} problems); continue "

@@ -171,16 +171,17 @@ def kd_args(tiny_pair, out: Path, kd: Path, *extra) -> list[str]:
 
 def test_kd_data_is_written_once_resumes_where_it_stopped_and_trains_on_the_teachers_tokens(tiny_pair, tmp_path):
     kd = tmp_path / "kd.jsonl"
-    scope.main(kd_args(tiny_pair, tmp_path / "unused", kd, "--kd-generate", "true", "--rollout-kv-gb", "1e-6"))
+    calls = ("--rollout-kv-gb", "0.004")  # 34 rows a generate call: 8 problems x 4 solutions
+    scope.main(kd_args(tiny_pair, tmp_path / "unused", kd, "--kd-generate", "true", *calls))
     whole = kd.read_text()
     lines = [json.loads(line) for line in whole.splitlines()]
     _, teacher, data = tiny_pair
     assert len(lines) == len(data.read_text().splitlines()) == 64
     assert {line["teacher"] for line in lines} == {str(teacher)}
     assert all(len(line["response_ids"]) == len(line["responses"]) == 4 for line in lines)
-    # a run stopped part-way (its last line torn) continues and draws the same solutions as one that never stopped
+    # a run stopped inside its second call (its last line torn) continues and draws what an unbroken one drew
     kd.write_text("".join(whole.splitlines(keepends=True)[:10]) + whole.splitlines()[10][:25])
-    scope.main(kd_args(tiny_pair, tmp_path / "unused", kd, "--kd-generate", "true", "--rollout-kv-gb", "1e-6"))
+    scope.main(kd_args(tiny_pair, tmp_path / "unused", kd, "--kd-generate", "true", *calls))
     assert kd.read_text() == whole
     seen, real = [], scope.given_rollouts
     scope_given = lambda tok, prompts, ids, *a: seen.append(ids) or real(tok, prompts, ids, *a)  # noqa: E731
