@@ -49,7 +49,7 @@ from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, che
                     score, score_rows, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
                     with_solutions, write_solutions)
 from verify import grade
-from verify_code import SandboxUnavailable, check_sandbox, grade_many, taco
+from verify_code import SandboxUnavailable, check_sandbox, grade_many, training_problems
 
 
 # -----------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Config:
     # --- models and data
     task: Literal["math", "code"] = arg("math", "math: the final answer graded by verify.py; code: the program run "
                                                 "on the problem's tests in a sandbox (verify_code.py), data in TACO's "
-                                                "form, problem and input_output fields (docs/code.md)")
+                                                "form: question and input_output (docs/code.md)")
     code_sandbox: Literal["bwrap", "process"] = arg("bwrap", "code: bubblewrap (no network, a read-only machine), or "
                                                              "the weaker process-only mode, asked for by name")
     student: str = arg("Qwen2.5-0.5B", "student: a local directory, a hub name, or a bare name meaning Qwen/<name>")
@@ -576,14 +576,13 @@ def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]
     source, split, keys = ((cfg.eval_data, "test", (cfg.eval_problem_field, cfg.eval_answer_field)) if held_out else
                            (cfg.train_data, cfg.data_split, (cfg.problem_field, cfg.answer_field)))
     code = cfg.task == "code"
-    every_field = code or bool(cfg.rollout_labels) and not held_out  # what a labeller or TACO's tests read
-    rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=every_field)
-    if code:  # the tests become the answer; each problem says how to answer (a function, or standard output)
-        rows = [{**r, "answer": r["tests"]} for r in taco([{**r, "question": r["problem"], "input_output": r["answer"]}
-                                                            for r in rows], held_out=None if held_out else False)]
-        if not rows:
-            fail(f"{source}: no row's {keys[1]!r} holds tests in TACO's input_output form (a JSON object with "
-                 f"'inputs' and 'outputs', and 'fn_name' for a function)")
+    if code:  # TACO's form; the tests are the answer, and each problem says how to answer (a function, or a program)
+        try:
+            rows = [{**r, "answer": r["tests"]} for r in training_problems(source, split, held_out)]
+        except (OSError, ValueError) as e:  # a source it cannot read, or one without tests
+            fail(f"{source}: {e}")
+    else:
+        rows = load_rows(source, split, *keys, cfg.skip_bad_rows, all_fields=bool(cfg.rollout_labels) and not held_out)
     rows = with_prompts(rows, tok, "" if code else cfg.prompt_suffix, cfg.chat_template, cfg.max_prompt_tokens, source)
     if cfg.algorithm == "kd" and not held_out and not cfg.kd_generate:
         rows = with_solutions(rows, Path(cfg.kd_data), resolve(cfg.teacher), tok, cfg.group_size,

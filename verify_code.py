@@ -872,6 +872,17 @@ def _lcb_cases(spec, i: int) -> list[dict]:
         raise ValueError(f"LiveCodeBench row {i}: unreadable test cases ({type(e).__name__}: {e})")
 
 
+def training_problems(source: str, split: str = "train", held_out: bool = False) -> list[dict]:
+    """Problems in TACO's form (question, input_output) for the trainer, from a hub dataset's files or a local .jsonl:
+    to train on (the HELD_OUT Codeforces problems left out), or, held_out, every row (a quick eval's). ValueError when
+    the source cannot be read or no row holds tests."""
+    rows = taco(_hub_rows(source, split), held_out=None if held_out else False)
+    if not rows:
+        raise ValueError("no row holds tests in TACO's form (question, and input_output: a JSON object with 'inputs' "
+                         "and 'outputs', and 'fn_name' for a function)")
+    return rows
+
+
 def _hub_rows(source: str, split: str):
     """A hub dataset's split, read from its files (HUB_FILES), or a local .jsonl in its form."""
     if source.endswith(".jsonl"):

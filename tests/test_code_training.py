@@ -51,8 +51,8 @@ def test_one_step_on_code_routes_a_right_a_wrong_and_a_hostile_program_by_the_sa
     monkeypatch.setattr(scope, "gather_rollouts", lambda infos, ro, correct, *a: seen.append((ro.texts, correct))
                         or real(infos, ro, correct, *a))
     with listener:
-        scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--task", "code", "--problem-field", "question",
-                             "--answer-field", "input_output", "--group-size", "3", "--batch-size", "1",
+        scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--task", "code", "--group-size", "3",
+                             "--batch-size", "1",
                              "--max-steps", "1", "--save-every", "1", "--max-prompt-tokens", "512"))
     texts, correct = seen[0]
     assert [t.strip() for t in texts] == programs
@@ -78,11 +78,11 @@ def test_code_data_without_tests_is_refused_naming_the_file_and_field(tiny_pair,
     with pytest.raises(SystemExit):
         scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--task", "code", "--code-sandbox", "process"))
     err = capsys.readouterr().err
-    assert f"{data}: no row's 'answer' holds tests in TACO's input_output form" in err
+    assert f"{data}: no row holds tests in TACO's form" in err
 
 
 def test_the_papers_code_configuration_trains_on_taco_with_the_sandbox():
     cfg = scope.parse_config(["--config", "configs/r1-distill-1.5b_skywork-7b_code.yaml"])
-    assert (cfg.task, cfg.code_sandbox, cfg.train_data, cfg.answer_field) == ("code", "bwrap", "BAAI/TACO", "input_output")
+    assert (cfg.task, cfg.code_sandbox, cfg.train_data) == ("code", "bwrap", "BAAI/TACO")
     assert (cfg.student, cfg.teacher, cfg.group_size) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
                                                           "Skywork/Skywork-OR1-7B", 8)
