@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 
 MAKE = shutil.which("make")
+INHERITED = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "TORCH", "PYTHON")  # `make test ARGS=...` passes them down
 FAKE_PYTHON = """#!/bin/sh
 # `python3 -m venv DIR`: a venv whose python and pip only log their arguments
 echo "venv $3" >> "$LOG"
@@ -41,7 +42,8 @@ def project(tmp_path):
 
     def run(*args, path: str | None = None, ok: bool = True) -> list[str]:
         log.write_text("")
-        env = {**os.environ, "LOG": str(log), "PATH": path or f"{bin_dir}:{os.environ['PATH']}"}
+        env = {k: v for k, v in os.environ.items() if k not in INHERITED}
+        env.update(LOG=str(log), PATH=path or f"{bin_dir}:{os.environ['PATH']}")
         done = subprocess.run([MAKE, "--no-print-directory", "-s", *args, f"PYTHON={bin_dir / 'python3'}"],
                               cwd=tmp_path, env=env, capture_output=True, text=True)
         assert (done.returncode == 0) == ok, done.stdout + done.stderr
