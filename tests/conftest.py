@@ -1,4 +1,14 @@
-"""Shared offline fixtures: a tokenizer trained here, tiny Qwen2 models, the demo world."""
+"""Shared offline fixtures: a tokenizer trained here, tiny Qwen2 models, the demo world.
+
+The suite runs offline on CPU: `make test`, or `python -m pytest -q tests` in an environment of your own;
+`-k WORDS` picks tests by name and `--durations=25` lists the slowest. Its one build, the demo world
+(`toy_world`), happens once per checkout, in the first session or demo that needs it. The slowest, on a fresh
+clone on 2026-12-06 (2 CPU cores shared with other jobs, so the times are upper bounds): the world's build
+(274 s, the set-up of the first test in test_distributed.py that takes it; 0 s once .toy holds it), the demo's
+40 steps in test_scope.py (test_scope_raises_the_demo_students_held_out_accuracy), the teacher's KD data in
+test_baselines.py, the GPU check on tiny models in test_fast_rollouts.py, and each torchrun test of
+test_distributed.py.
+"""
 import fcntl
 import json
 import random
