@@ -77,7 +77,7 @@ def tiny_pair(tmp_path_factory, tokenizer):
 def toy_world():
     """The demo world of configs/toy.yaml: the checkout's .toy, which the demo uses too. Whichever runs first
     builds it (a few minutes, once per checkout); every later test run and demo finds it built. A lock keeps two
-    sessions from building it at once. Delete .toy after changing how toy.py builds the demo."""
+    test runs from building it at once. Delete .toy after changing how toy.py builds the demo."""
     root = ROOT / ".toy"
     root.mkdir(exist_ok=True)
     with open(root / ".lock", "w") as lock:
