@@ -233,11 +233,15 @@ def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, 
     ro = generate(model, tokenizer, prompts, n, stop=stop, temperature=temperature, top_p=top_p, top_k=top_k,
                   repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, max_rows=max_rows,
                   synced=synced, static=static)
-    every = [gold for gold in golds for _ in range(n)]              # rows i*n .. i*n+n-1 answer prompt i
-    graded = judge.many(ro.texts, every) if hasattr(judge, "many") else list(map(judge, ro.texts, every))
+    graded = judge_all(judge, ro.texts, [gold for gold in golds for _ in range(n)])  # rows i*n .. i*n+n-1: prompt i
     return [[{"response": t, **g, "truncated": c} for t, g, c in
              zip(ro.texts[i * n:(i + 1) * n], graded[i * n:(i + 1) * n], ro.truncated[i * n:(i + 1) * n].tolist())]
             for i in range(len(golds))]
+
+
+def judge_all(judge, responses: list[str], golds: list) -> list[dict]:
+    """A `grader`'s verdicts on many responses: at once on a pool where it grades batches (code), else one by one."""
+    return judge.many(responses, golds) if hasattr(judge, "many") else list(map(judge, responses, golds))
 
 
 def batch_seed(seed: int, benchmark: str, first: int) -> int:

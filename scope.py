@@ -41,15 +41,14 @@ import plan
 import toy
 from reliability import catch_stop_signals, find_checkpoint, load_checkpoint, out_of_memory, save_checkpoint, stop_now
 from eval import grader as eval_grader
-from eval import (append_eval, gather_rollouts, held_out_accuracy, open_run_logs, plot_run, rollout_labeller,
+from eval import (append_eval, gather_rollouts, held_out_accuracy, judge_all, open_run_logs, plot_run, rollout_labeller,
                   sampler_gap, step_metrics)
 from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
                     generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows,
                     micro_batches, quiet_libraries, resolve, rollout_copy, rows_per_call, sampling_with, save_model,
                     score, score_rows, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
                     with_solutions, write_solutions)
-from verify import grade
-from verify_code import SandboxUnavailable, check_sandbox, grade_many, training_problems
+from verify_code import SandboxUnavailable, check_sandbox, training_problems
 
 
 # -----------------------------------------------------------------------------
@@ -389,7 +388,7 @@ def main(argv: list[str]):
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(resume_from, student, optimizer, cfg, fast) if resume_from else 0
     sampling = sampling_settings(cfg, student, tok, fast, compute.itemsize if world > 1 else 4, world)  # fp32 cache
-    (grade_all, judge), rollouts = graders(cfg), rollout_source(cfg, student, tok, fast, amp, world, sampling)
+    judge, rollouts = judge_of(cfg), rollout_source(cfg, student, tok, fast, amp, world, sampling)
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
     label = rollout_labeller(cfg.rollout_labels)  # per-rollout labels for metrics.jsonl (a toy world's)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
@@ -422,7 +421,7 @@ def main(argv: list[str]):
 
         # ---- grade them
         golds = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        correct = torch.tensor(grade_all(ro.texts, golds), device=device)                                 # (N,)
+        correct = torch.tensor([g["correct"] for g in judge_all(judge, ro.texts, golds)], device=device)  # (N,)
         group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
         t2 = time.perf_counter()
 
@@ -495,18 +494,16 @@ def sampling_settings(cfg: Config, model, tok, fast, kv_bytes: int, world: int) 
                 max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
 
 
-def graders(cfg: Config):
-    """(grade_all(responses, golds) -> verdicts, the quick eval's judge) of the run's task: verify.py's strict grade of
-    a marked final answer (math), or every test passed in the sandbox (code: golds are the tests; a pool of
+def judge_of(cfg: Config):
+    """The run's grader (eval.grader), for the training reward and the quick eval alike: verify.py's strict grade of
+    a marked final answer (math), or every test passed in the sandbox (code: the golds are the tests; a pool of
     sandboxes grades a step's rollouts at once)."""
-    judge = eval_grader("verify", "codeforces" if cfg.task == "code" else "", strict=True, sandbox=cfg.code_sandbox)
-    if cfg.task == "math":
-        return (lambda texts, golds: [grade(text, gold) for text, gold in zip(texts, golds)]), judge
-    try:
-        check_sandbox(cfg.code_sandbox)  # refuse at start, saying how to install bubblewrap, rather than at step 1
-    except SandboxUnavailable as e:
-        fail(f"field 'code_sandbox' is {cfg.code_sandbox!r}: {e} (--code-sandbox process)")
-    return (lambda texts, golds: [v.passed for v in grade_many(list(zip(texts, golds)), cfg.code_sandbox)]), judge
+    if cfg.task == "code":
+        try:
+            check_sandbox(cfg.code_sandbox)  # refuse at start, saying how to install bubblewrap, rather than at step 1
+        except SandboxUnavailable as e:
+            fail(f"field 'code_sandbox' is {cfg.code_sandbox!r}: {e} (--code-sandbox process)")
+    return eval_grader("verify", "codeforces" if cfg.task == "code" else "", strict=True, sandbox=cfg.code_sandbox)
 
 
 def teacher_reads(cfg: Config, correct: torch.Tensor) -> torch.Tensor:

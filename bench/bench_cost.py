@@ -23,8 +23,8 @@ Worlds:
   paper   the paper's proportions: random-initialised Qwen2 models on a tokenizer trained here, the teacher
           --teacher-scale times the student's parameters (7.6B / 1.5B for Skywork-OR1-7B over
           R1-Distill-Qwen-1.5B: about 5), 8 problems x 8 rollouts a step, responses up to --response-len tokens
-          (random models rarely stop early), and a stand-in verifier that passes a stated fraction --correct of the rollouts (a hash of
-          the text), since random models solve nothing
+          (random models rarely stop early), and a stand-in verifier that passes a stated fraction --correct of
+          the rollouts (a hash of the text), since random models solve nothing
 """
 import argparse
 import json
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import eval as evaluate  # noqa: E402
 import scope  # noqa: E402
 import toy  # noqa: E402
 from sample import quiet_libraries  # noqa: E402
@@ -174,7 +175,7 @@ def main(argv: list[str]):
                 base = ["--config", str(ROOT / "configs" / "toy.yaml"), "--student", str(demo / "student"),
                         "--teacher", str(demo / "teacher"), "--train-data", str(demo / "train.jsonl"),
                         "--eval-data", str(demo / "test.jsonl")]
-                title, grade = "demo world (teacher the student's size, its own verifier)", scope.grade
+                title, grade = "demo world (teacher the student's size, its own verifier)", evaluate.grade
             elif world == "paper":
                 student, teacher, data, what = paper_world(tmp / "world", args.teacher_scale)
                 base = ["--student", str(student), "--teacher", str(teacher), "--train-data", str(data),
@@ -183,17 +184,17 @@ def main(argv: list[str]):
                         "--gradient-checkpointing", "false", "--lr", "2e-4"]
                 title = (f"paper's proportions: {what}; responses up to {args.response_len} tokens; "
                          f"{args.correct:.0%} of rollouts graded correct")
-                grade = lambda text, gold: zlib.crc32(text.encode()) % 1000 < 1000 * args.correct  # noqa: E731
+                grade = lambda text, *_: zlib.crc32(text.encode()) % 1000 < 1000 * args.correct  # noqa: E731
             else:
                 p.error(f"unknown world {world!r}; choose from demo, paper")
-            steps, real, load = {name: [] for name in CONFIGS}, scope.grade, os.getloadavg()[0]
-            scope.grade = grade
+            steps, real, load = {name: [] for name in CONFIGS}, evaluate.grade, os.getloadavg()[0]
+            evaluate.grade = grade  # what the trainer's judge calls
             try:
                 for k in range(args.rounds):
                     for name, flags in CONFIGS.items():
                         steps[name] += run([*base, *flags], tmp / f"{name}_{k}", args.steps)
             finally:
-                scope.grade = real
+                evaluate.grade = real
             print(table(title, {name: summary(rows) for name, rows in steps.items()}) +
                   f"\n\nload average (1 min) before {load:.1f}, after {os.getloadavg()[0]:.1f}\n", flush=True)
 

@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import eval as evaluate  # noqa: E402
 import scope  # noqa: E402
 from sample import leave_torchrun_worker  # noqa: E402
 
-scope.grade = lambda text, gold: os.environ["RANK"] == "0"
+evaluate.grade = lambda text, gold, fallback=False: os.environ["RANK"] == "0"  # what the trainer's judge calls
 scope.main(sys.argv[1:])
 leave_torchrun_worker()

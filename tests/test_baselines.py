@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import eval as evaluate
 import plan
 import sample
 import scope
@@ -82,8 +83,9 @@ def test_kd_is_the_mean_negative_log_likelihood_of_the_teachers_tokens():
 # -----------------------------------------------------------------------------
 # The teacher scores only what the loss reads
 
-def graded_by_length(text: str, gold: str) -> bool:
-    """A stand-in verifier that passes some rollouts of a random model: those of an even length."""
+def graded_by_length(text: str, gold: str, fallback: bool = False) -> bool:
+    """A stand-in for verify.grade (the trainer's judge calls it) that passes some rollouts of a random model:
+    those of an even length."""
     return len(text) % 2 == 0
 
 
@@ -94,7 +96,7 @@ def run(tmp_path: Path, name: str, tiny_pair, *extra) -> list[dict]:
 
 
 def test_the_teacher_scoring_only_wrong_rollouts_changes_no_loss_weight_or_update(tiny_pair, tmp_path, monkeypatch):
-    monkeypatch.setattr(scope, "grade", graded_by_length)
+    monkeypatch.setattr(evaluate, "grade", graded_by_length)
     seen = []
     real = scope.score_rows
     monkeypatch.setattr(scope, "score_rows", lambda model, ro, rows, *a, **kw: seen.append(rows.clone()) or
@@ -115,7 +117,7 @@ def test_the_teacher_scoring_only_wrong_rollouts_changes_no_loss_weight_or_updat
 
 def test_under_opd_every_rollout_is_on_the_reverse_kl_path_so_the_teacher_scores_all(tiny_pair, tmp_path,
                                                                                    monkeypatch):
-    monkeypatch.setattr(scope, "grade", graded_by_length)
+    monkeypatch.setattr(evaluate, "grade", graded_by_length)
     m = run(tmp_path, "opd", tiny_pair, "--route-by-correctness", "false", "--teacher-weight", "uniform")
     assert all(step["teacher_tokens"] == step["response_tokens"] for step in m)
 
@@ -141,7 +143,7 @@ def test_score_rows_gives_each_picked_rollout_what_scoring_all_gives_and_zeros_e
 def test_grpo_loads_no_teacher_plans_none_and_logs_no_teacher_time(tiny_pair, tmp_path, monkeypatch, capsys):
     loaded, real = [], scope.load_model
     monkeypatch.setattr(scope, "load_model", lambda name, *a: loaded.append(name) or real(name, *a))
-    monkeypatch.setattr(scope, "grade", graded_by_length)
+    monkeypatch.setattr(evaluate, "grade", graded_by_length)
     student, teacher, _ = tiny_pair
     m = run(tmp_path, "grpo", tiny_pair, "--algorithm", "grpo")
     assert loaded == [str(student)]
@@ -156,7 +158,7 @@ def test_grpo_loads_no_teacher_plans_none_and_logs_no_teacher_time(tiny_pair, tm
 def test_grpo_with_a_kl_term_scores_every_rollout_under_the_initial_student(tiny_pair, tmp_path, monkeypatch):
     loaded, real = [], scope.load_model
     monkeypatch.setattr(scope, "load_model", lambda name, *a: loaded.append(name) or real(name, *a))
-    monkeypatch.setattr(scope, "grade", graded_by_length)
+    monkeypatch.setattr(evaluate, "grade", graded_by_length)
     student, _, _ = tiny_pair
     m = run(tmp_path, "grpo_kl", tiny_pair, "--algorithm", "grpo", "--kl-beta", "0.5")
     assert loaded == [str(student), str(student)]  # the trained student and its frozen initial copy
