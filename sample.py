@@ -372,17 +372,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def read_solutions(path: Path) -> list[dict]:
-    """The whole lines of a solutions file; a last line torn by a stopped run is dropped from the file."""
+    """The whole lines of a solutions file (a last line torn by a stopped run is left out)."""
     if not path.exists():
         return []
-    text = path.read_text()
-    whole = text[:text.rfind("\n") + 1]
-    if whole != text:
-        path.write_text(whole)
-    try:
-        return [json.loads(line) for line in whole.splitlines()]
-    except json.JSONDecodeError as e:
-        fail(f"{path}, line {e.doc.count(chr(10)) + 1}: not JSON ({e.msg}); remove the file and write it anew")
+    text, lines = path.read_text(), []
+    for n, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            fail(f"{path}, line {n}: not JSON ({e.msg}); remove the file and write it anew")
+    return lines
 
 
 def write_solutions(model, tokenizer, rows: list[dict], path: Path, teacher: str, *, group_size: int, seed: int,
@@ -391,6 +390,8 @@ def write_solutions(model, tokenizer, rows: list[dict], path: Path, teacher: str
     teacher and its tokenizer), one generate call's problems at a time, flushed: run again, with the same flags, to
     continue. Each call's problems and seed are a function of its number, so a continued file equals an unbroken one."""
     done = {line["index"] for line in read_solutions(path)}
+    if path.exists():  # a last line torn by a stopped run goes before the next lines are appended
+        os.truncate(path, path.read_bytes().rfind(b"\n") + 1)
     per_call = max(1, sampling["max_rows"] // group_size)
     calls = sorted({i // per_call for i in range(len(rows)) if i not in done})
     print(f"{path}: {len(done)} of {len(rows)} problems already solved by the teacher; sampling the others")

@@ -239,3 +239,13 @@ def test_each_baseline_has_a_config_that_sets_it():
         cfg = parse_config(["--config", str(ROOT / "configs" / name)])
         assert cfg.algorithm == algorithm and cfg.student == ".toy/student"
 
+
+
+def test_a_kd_line_that_is_not_json_is_named_by_its_number(tiny_pair, tmp_path, capsys):
+    kd = tmp_path / "kd.jsonl"
+    scope.main(kd_args(tiny_pair, tmp_path / "unused", kd, "--kd-generate", "true"))
+    lines = kd.read_text().splitlines(keepends=True)
+    kd.write_text("".join(lines[:5] + ["{not json\n"] + lines[6:]))
+    with pytest.raises(SystemExit):
+        scope.main(kd_args(tiny_pair, tmp_path / "run", kd))
+    assert f"{kd}, line 6: not JSON" in capsys.readouterr().err
