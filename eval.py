@@ -41,6 +41,7 @@ import os
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -242,6 +243,48 @@ def sample_and_grade(model, tokenizer, prompts: list[str], golds: list[str], *, 
 def judge_all(judge, responses: list[str], golds: list) -> list[dict]:
     """A `grader`'s verdicts on many responses: at once on a pool where it grades batches (code), else one by one."""
     return judge.many(responses, golds) if hasattr(judge, "many") else list(map(judge, responses, golds))
+
+
+def training_judge(task: str, sandbox: str):
+    """The trainer's grader, for the training reward and the quick eval alike: verify.py's strict grade of a marked
+    final answer (math), or every test passed in the sandbox (code: the golds are the tests; a pool of sandboxes
+    grades a generate call's rollouts at once)."""
+    if task == "code":
+        try:
+            check_sandbox(sandbox)  # refuse at start, saying how to install bubblewrap, rather than at step 1
+        except SandboxUnavailable as e:
+            fail(f"field 'code_sandbox' is {sandbox!r}: {e} (--code-sandbox process)")
+    return grader("verify", "codeforces" if task == "code" else "", strict=True, sandbox=sandbox)
+
+
+class Grading:
+    """A training step's verdicts, graded one generate call at a time on a thread of their own while the next call
+    samples (code's programs run in sandboxes of their own processes; math takes milliseconds). After grading a call
+    the thread runs `then(first, part, correct)` (the trainer sends the teacher its rows there); `seconds` is the
+    grading's own time."""
+
+    def __init__(self, judge, golds: list, then):
+        self.judge, self.golds, self.then, self.seconds, self.futures = judge, golds, then, 0.0, []
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grading")  # one: calls are graded, and sent, in order
+
+    def submit(self, first: int, part):
+        """Grade `part`, the rollouts of rows first, first+1, ... (generate's on_call)."""
+        self.futures.append(self.pool.submit(self.grade, first, part))
+
+    def grade(self, first: int, part) -> torch.Tensor:
+        t0 = time.perf_counter()
+        verdicts = judge_all(self.judge, part.texts, self.golds[first:first + len(part.texts)])
+        correct = torch.tensor([v["correct"] for v in verdicts], dtype=torch.bool, device=part.tokens.device)  # (n,)
+        self.seconds += time.perf_counter() - t0
+        self.then(first, part, correct)
+        return correct
+
+    def verdicts(self) -> torch.Tensor:
+        """(N,) bool, once every call is graded (an error raised while grading is raised here)."""
+        try:
+            return torch.cat([f.result() for f in self.futures])
+        finally:
+            self.pool.shutdown()
 
 
 def batch_seed(seed: int, benchmark: str, first: int) -> int:
@@ -576,6 +619,19 @@ def gather_rollouts(infos: list[dict], ro, correct, group, scored, world: int, l
         dist.all_gather_object(parts, roll)
         roll = {k: torch.cat([p[k] for p in parts]) for k in roll}
     return roll
+
+
+def merged(parts: list[tuple[torch.Tensor, dict]], n: int) -> dict:
+    """One micro-batch's info, of n rollouts, from its parts' (rows within it, info): per-rollout numbers put back in
+    row order, the path losses (loss_*) added."""
+    out = {}
+    for rows, info in parts:
+        for k, v in info.items():
+            if k.startswith("loss_"):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v.new_zeros((n, *v.shape[1:])))[rows] = v
+    return out
 
 
 def step_metrics(roll: dict, group_size: int) -> dict:

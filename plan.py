@@ -48,6 +48,7 @@ What the estimate assumes (scope.py's step; P = parameters, n = gpus, T = tokens
 Not counted: the CUDA context and allocator fragmentation (keep about 10% free), the tokenizer's data,
 activations of the quick eval (its generate calls are smaller than training's).
 """
+import copy
 import sys
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ HEAD_COPIES_GRAD = 4          # the same recomputed in backward, and their gradi
 # The fields that lower each phase's peak; reliability.out_of_memory names them when a phase runs out.
 PHASE_FIELDS = {"weights + optimizer state": "gpus", "generation": "rollout_kv_gb",
                 "teacher scoring": "micro_batch_tokens or shard_teacher",
-                "update": "micro_batch_tokens or gradient_checkpointing", "log-prob chunk": "logprob_chunk_tokens"}
+                "update": "micro_batch_tokens or gradient_checkpointing", "log-prob chunk": "logprob_chunk_tokens",
+                "teacher ranks": "teacher_ranks, micro_batch_tokens or shard_teacher"}
 CHECKPOINT_BYTES_PER_PARAM = 16   # fp32: the HF weights, and in state/ the weights and AdamW's two moments
 CHECKPOINT_OVERHEAD = 1.05        # tokenizer, configs and the state's metadata: 4% on the tests' tiny models
 
@@ -142,7 +144,16 @@ def static_prefill(m: Shape, rows: int, prompt: int, cache_len: int, a: int) -> 
 
 
 def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
-    """Per-GPU GB of each phase: ([(phase, GB, field to change, what it counts)], sizes of the step)."""
+    """Per-GPU GB of each phase: ([(phase, GB, field to change, what it counts)], sizes of the step). With
+    teacher_ranks K, the student's phases are those of gpus - K GPUs without a teacher, and the teacher's GPUs have
+    phases of their own (`teacher_rank_phases`)."""
+    k = getattr(cfg, "teacher_ranks", 0)
+    if k:
+        students = copy.copy(cfg)
+        students.gpus, students.teacher_ranks = cfg.gpus - k, 0
+        phases, sizes = estimate(students, student, None)
+        apart = [(name, b / GB, field, what) for name, b, field, what in teacher_rank_phases(cfg, teacher, k)]
+        return phases + apart, sizes
     n = cfg.gpus
     sharded = n > 1
     a = 2 if cfg.dtype == "bfloat16" else 4            # compute bytes
@@ -233,6 +244,30 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     return [(name, gb / GB, field, what) for name, gb, field, what in phases], sizes
 
 
+def teacher_rank_phases(cfg, teacher: Shape, k: int) -> list[tuple]:
+    """Bytes per GPU on each of the teacher's K ranks: its weights (sharded over them when shard_teacher), and scoring
+    micro-batches of single rollouts (`sample.score_rows`: micro_batch_tokens // width rows), its log-prob head
+    after. The rows that travel between ranks sit in CPU memory, not counted."""
+    a = 2 if cfg.dtype == "bfloat16" else 4
+    n = k if cfg.shard_teacher else 1
+    width = cfg.max_prompt_tokens + cfg.max_new_tokens
+    held = a * teacher.params / n
+    gathered = a * (2 * teacher.layer_params + teacher.root_params) if n > 1 else 0
+    rows = max(1, cfg.micro_batch_tokens // width)
+    T, mask = rows * width, rows * width * width
+    chunk = min(cfg.logprob_chunk_tokens, T)
+    t_head = teacher.head_rows * teacher.hidden * 4 if a != 4 else 0  # fp32 copy of a bf16 head
+    field = PHASE_FIELDS["teacher ranks"]
+    return [
+        ("teacher ranks: weights", held, field, f"teacher {a / n:g} B/param on each of {k} rank{'s' * (k > 1)}"),
+        ("teacher ranks: scoring", held + gathered + T * layer_live(teacher, a, a) + mask * (1 + a), field,
+         f"{rows} rows x {width} tokens; mask {mask * (1 + a) / GB:.1f} GB"),
+        ("teacher ranks: log-prob chunk", held + gathered + 2 * T * a * teacher.hidden + t_head
+         + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4, PHASE_FIELDS["log-prob chunk"],
+         f"{chunk} tokens x {teacher.head_rows} rows of fp32 logits"),
+    ]
+
+
 def millions(count: int) -> str:
     return f"{count / 1e6:,.1f}M" if count < 1e8 else f"{count / 1e9:.2f}B"
 
@@ -254,18 +289,24 @@ def print_plan(cfg) -> bool:
                   "logprob_chunk_tokens"):
         if not getattr(cfg, field) > 0:
             sys.exit(f"plan: {field} must be positive, got {getattr(cfg, field)!r}")
-    if cfg.batch_size % cfg.gpus:
-        sys.exit(f"plan: batch_size {cfg.batch_size} must be divisible by gpus ({cfg.gpus})")
+    k = getattr(cfg, "teacher_ranks", 0)
+    if k >= cfg.gpus:
+        sys.exit(f"plan: teacher_ranks {k} of {cfg.gpus} gpus leaves no GPU to the student")
+    n = cfg.gpus - k  # the student's GPUs
+    if cfg.batch_size % n:
+        sys.exit(f"plan: batch_size {cfg.batch_size} must be divisible by the student's gpus ({n})")
     student, teacher = read_shape("student", cfg.student), frozen_shape(cfg)
     phases, s = estimate(cfg, student, teacher)
-    setup = "one GPU, bf16 autocast" if cfg.gpus == 1 else \
-        f"FSDP2, teacher {'sharded' if cfg.shard_teacher else 'replicated'}"
+    setup = ("one GPU, bf16 autocast" if n == 1 else "FSDP2") + (
+        f"; the teacher on {k} GPU{'s' * (k > 1)} of its own{', sharded' if k > 1 and cfg.shard_teacher else ''}"
+        if k else "" if n == 1 else f", teacher {'sharded' if cfg.shard_teacher else 'replicated'}")
     algorithm = getattr(cfg, "algorithm", "scope")
     frozen = (f"{'teacher' if algorithm == 'scope' else 'KL reference'} {teacher.name} ({millions(teacher.params)} "
               f"params)" if teacher else f"no teacher ({algorithm})")
     print(f"memory plan: {cfg.gpus} x {cfg.gpu_memory_gb:g} GB ({setup}); student {student.name} "
           f"({millions(student.params)} params), {frozen}")
-    print(f"per GPU: {cfg.batch_size // cfg.gpus} prompts x {cfg.group_size} = {s['rollouts']} rollouts of "
+    print(f"per {'student ' * bool(k)}GPU: {cfg.batch_size // n} prompts x {cfg.group_size} = {s['rollouts']} "
+          f"rollouts of "
           f"{cfg.max_prompt_tokens} + {cfg.max_new_tokens} tokens; KV {s['kv_token'] / 1e3:.1f} KB/token "
           f"({s['kv_value']} bytes per value)\n")
     print(f"| phase | GB per GPU | of {cfg.gpu_memory_gb:g} GB | sized by | counts |")

@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 import plan
-from sample import all_max, fail, fsync, load_state, save_model, save_state
+from eval import plot_run
+from sample import all_max, barrier, fail, fsync, load_state, save_model, save_state
 
 
 def checkpoints(out_dir: Path) -> list[Path]:
@@ -317,3 +318,14 @@ def out_of_memory(phase: str, **sizes):
         fail(f"out of memory in {phase} ({shown}).\nLower {lower}; the same command with --plan estimates each "
              f"phase's peak. The newest checkpoint is intact: continue from it with --resume auto.\n"
              f"torch said: {one_line(e)}")
+
+
+def finish(student, tok, out_dir: Path, rank: int, world: int):
+    """The trained student as a plain HF model in output_dir, and the run's curves."""
+    save_model(student, tok, out_dir, rank, world)
+    if rank == 0:
+        plot_run(out_dir)
+        print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
+    if world > 1:
+        barrier(world)  # every rank is done with the process group before any tears it down
+        dist.destroy_process_group()

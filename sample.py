@@ -78,17 +78,30 @@ def resolve(name: str) -> str:
 
 def load_model(name: str, dtype: torch.dtype, device: torch.device):
     """(model, tokenizer) from a local directory or the hub; the tokenizer always has a pad id."""
+    with named_model(name) as path:
+        tokenizer, model = load_tokenizer(name), AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device), tokenizer
+
+
+def load_tokenizer(name: str):
+    """A model's tokenizer (`load_model`'s forms), always with a pad id."""
+    with named_model(name) as path:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@contextmanager
+def named_model(name: str):
+    """The path or hub name `name` stands for; a model that cannot be loaded stops the run, saying what to pass."""
     path = resolve(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        yield path
     except (OSError, ValueError) as e:
         where = "is not a local directory and could not be loaded from the Hugging Face Hub"
         fail(f"model {name!r} (as {path!r}) {where}: {e}\n"
              f"Pass a local directory holding config.json, the weights and the tokenizer, e.g. --student /models/qwen")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
 
 
 def check_context(name: str, tokens: int):
@@ -287,7 +300,7 @@ class Rollouts:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: list[int], temperature: float,
              top_p: float, top_k: int, max_new_tokens: int, repetition_penalty: float = 1.0, max_rows: int = 0,
-             synced: bool = False, static: "RolloutCopy | None" = None) -> Rollouts:
+             synced: bool = False, static: "RolloutCopy | None" = None, on_call=None) -> Rollouts:
     """Sample `group_size` responses per prompt with HF `generate`, at most `max_rows` rows per call.
 
     Call it with the model in eval mode: HF applies gradient checkpointing only in train mode,
@@ -295,6 +308,8 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
     rank stepping until all ranks are done (under FSDP each forward is a collective); the number
     of calls is a function of len(prompts) and max_rows alone, so ranks with equal shares agree.
     `static` (the fast path, below) samples with `static.model` in calls of exactly `static.rows` rows.
+    `on_call(first, part)`, if given, sees each call's Rollouts as it returns (`first`: its first row's index), so
+    that a caller can grade them, and send them on, while the next call samples.
     """
     if static is not None:
         model, max_rows = static.model, static.rows
@@ -319,7 +334,8 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
             fail(f"a prompt of {P} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
                  f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
         config.compile_config, config.disable_compile = static.compile, static.compile is None
-    pieces = []
+    heads = [h for h in response_heads(tokenizer, prompts) for _ in range(group_size)]
+    parts = []
     for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
         rows = slice(start, start + (max_rows or n))
         ids, attn = prompt_ids[rows], prompt_attn[rows]
@@ -330,24 +346,40 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
         out = model.generate(input_ids=ids[:, first:], attention_mask=attn[:, first:].long(),
                              generation_config=config, synced_gpus=synced,
                              **({"cache": static.cache} if static is not None else {}))
-        pieces.append(out[:len(prompt_ids[rows]), P - first:])
-    width = max(p.shape[1] for p in pieces)
-    response = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])   # (N, R)
-    return as_rollouts(tokenizer, prompts, prompt_ids, prompt_attn, response, stop)
+        parts.append(as_rollouts(tokenizer, heads[rows], prompt_ids[rows], prompt_attn[rows],
+                                 out[:len(prompt_ids[rows]), P - first:], stop))
+        if on_call is not None:
+            on_call(start, parts[-1])
+    return joined(parts, pad)
 
 
-def as_rollouts(tokenizer, prompts: list[str], prompt_ids, prompt_attn, response, stop: list[int]) -> Rollouts:
-    """Rollouts from B prompts, their (N, P) left-padded ids and mask repeated G times, and (N, R) responses
-    (anything after a response's first stop id is padding)."""
-    group_size = len(prompt_ids) // len(prompts)
+def response_heads(tokenizer, prompts: list[str]) -> list[str]:
+    """Per prompt, the text its responses start inside of: the thought a prompt opened and left open, or ""."""
+    opened = thinking_opened(tokenizer)
+    return [opened if opened and p.endswith(opened) else "" for p in prompts]
+
+
+def as_rollouts(tokenizer, heads: list[str], prompt_ids, prompt_attn, response, stop: list[int]) -> Rollouts:
+    """Rollouts from (N, P) left-padded prompt ids and mask, one per row, and (N, R) responses (anything after a
+    response's first stop id is padding); heads: (N,) each row's `response_heads` text."""
     mask = response_mask(response, stop)
     truncated = ~torch.isin(response, torch.tensor(stop, device=response.device)).any(-1)
-    opened = thinking_opened(tokenizer)  # a prompt that ends inside a thought: its responses start inside one
-    heads = [opened if opened and p.endswith(opened) else "" for p in prompts]
-    texts = [heads[i // group_size] + t for i, t in
-             enumerate(tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True))]
+    texts = [h + t for h, t in
+             zip(heads, tokenizer.batch_decode([r[m] for r, m in zip(response, mask)], skip_special_tokens=True))]
     return Rollouts(tokens=torch.cat([prompt_ids, response], 1), attn=torch.cat([prompt_attn, mask], 1),
                     resp=torch.cat([torch.zeros_like(prompt_attn), mask], 1), texts=texts, truncated=truncated)
+
+
+def joined(parts: list[Rollouts], pad: int) -> Rollouts:
+    """One Rollouts of parts sharing their prompt columns, the responses padded to the longest."""
+    width = max(p.tokens.shape[1] for p in parts)
+
+    def widen(t: torch.Tensor, value) -> torch.Tensor:
+        return F.pad(t, (0, width - t.shape[1]), value=value)
+    return Rollouts(tokens=torch.cat([widen(p.tokens, pad) for p in parts]),
+                    attn=torch.cat([widen(p.attn, False) for p in parts]),
+                    resp=torch.cat([widen(p.resp, False) for p in parts]),
+                    texts=[t for p in parts for t in p.texts], truncated=torch.cat([p.truncated for p in parts]))
 
 
 def given_rollouts(tokenizer, prompts: list[str], responses: list[list[list[int]]], stop: list[int],
@@ -358,7 +390,8 @@ def given_rollouts(tokenizer, prompts: list[str], responses: list[list[list[int]
     flat = [torch.tensor(ids) for each in responses for ids in each]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     response = torch.nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=pad)          # (N, R)
-    return as_rollouts(tokenizer, prompts, enc.input_ids.repeat_interleave(group_size, 0).to(device),
+    heads = [h for h in response_heads(tokenizer, prompts) for _ in range(group_size)]
+    return as_rollouts(tokenizer, heads, enc.input_ids.repeat_interleave(group_size, 0).to(device),
                        enc.attention_mask.repeat_interleave(group_size, 0).bool().to(device), response.to(device), stop)
 
 
@@ -649,13 +682,19 @@ def setup_distributed(backend: str | None = None, timeout=None):
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    if dist.is_initialized():  # the job was split already (teacher.split_world): this side's group
+        return dist.get_rank(), dist.get_world_size(), device
     if world > 1:
-        # how long a rank waits for the others: torch's 30 minutes unless SCOPE_COLLECTIVE_TIMEOUT_S says (tests)
-        timeout = timeout or timedelta(seconds=float(os.environ.get("SCOPE_COLLECTIVE_TIMEOUT_S", 1800)))
         # on GPU, gloo beside nccl: the few small numbers the trainer reduces live on the CPU
-        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
+        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"),
+                                timeout=timeout or collective_timeout())
         return dist.get_rank(), world, device
     return 0, 1, device
+
+
+def collective_timeout() -> timedelta:
+    """How long a rank waits for the others: torch's 30 minutes unless SCOPE_COLLECTIVE_TIMEOUT_S says (tests)."""
+    return timedelta(seconds=float(os.environ.get("SCOPE_COLLECTIVE_TIMEOUT_S", 1800)))
 
 
 def shard(model, compute: torch.dtype):

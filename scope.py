@@ -20,6 +20,7 @@ Run:
   python scope.py --config configs/toy.yaml                            # offline CPU demo (builds its world once)
   python scope.py --config configs/r1-distill-1.5b_skywork-7b.yaml --gpus 8 --plan   # memory per GPU
   torchrun --nproc_per_node=8 scope.py --config configs/qwen2.5.yaml   # FSDP2 over 8 GPUs
+  torchrun --nproc_per_node=2 scope.py --config configs/toy.yaml --teacher-ranks 1   # the teacher on a rank of its own
   python scope.py --config configs/toy_grpo.yaml                       # the demo under GRPO (KD: toy_kd.yaml)
 """
 import argparse
@@ -32,23 +33,23 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import plan
 import toy
-from reliability import catch_stop_signals, find_checkpoint, load_checkpoint, out_of_memory, save_checkpoint, stop_now
-from eval import grader as eval_grader
-from eval import (append_eval, gather_rollouts, held_out_accuracy, judge_all, open_run_logs, plot_run, rollout_labeller,
-                  sampler_gap, step_metrics)
-from sample import (PROMPT_SUFFIX, all_max, all_sum, barrier, batch_indices, check_context, check_same_tokenizer, fail,
-                    generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows,
-                    micro_batches, quiet_libraries, resolve, rollout_copy, rows_per_call, sampling_with, save_model,
-                    score, score_rows, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
-                    with_solutions, write_solutions)
-from verify_code import SandboxUnavailable, check_sandbox, training_problems
+from eval import (Grading, append_eval, gather_rollouts, held_out_accuracy, merged, open_run_logs, rollout_labeller,
+                  sampler_gap, step_metrics, training_judge)
+from reliability import (catch_stop_signals, find_checkpoint, finish, load_checkpoint, out_of_memory, save_checkpoint,
+                         stop_now)
+from sample import (PROMPT_SUFFIX, all_max, all_sum, batch_indices, check_context, check_same_tokenizer,
+                    fail, generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker,
+                    load_model, load_rows, load_tokenizer, micro_batches, quiet_libraries, resolve, rollout_copy,
+                    rows_per_call, sampling_with, score, setup_distributed, shard, stop_ids, token_logprobs,
+                    with_prompts, with_solutions, write_solutions)
+from teacher import Colocated, OnRanks, scored_rollouts, serve, split_world
+from verify_code import training_problems
 
 
 # -----------------------------------------------------------------------------
@@ -211,11 +212,17 @@ class Config:
     teacher_rollouts: Literal["wrong", "all"] = arg("wrong", "rollouts the teacher scores: those the loss reads (the "
                                                              "wrong ones when routed, all under OPD), or all (logs "
                                                              "its perplexity of correct ones too)")
+    teacher_ranks: int = arg(0, "under torchrun, the last this many ranks hold the teacher alone (sharded among them) "
+                                "and score each generate call's rollouts while the student samples the next "
+                                "(teacher.py); 0 = the teacher beside the student, scoring after sampling")
     # --- rollouts
     batch_size: int = arg(32, "B: problems per optimizer step, over all ranks (paper: 256)")
     temperature: float = arg(0.6, "rollout temperature; student and teacher log-probs use the same (paper: 0.6)")
     top_p: float = arg(1.0, "rollout nucleus sampling threshold (1 = off)")
     top_k: int = arg(0, "rollout top-k (0 = off)")
+    rollout_calls: int = arg(1, "split a rank's sampling into at least this many generate calls of whole prompts "
+                                "(1 = as few as rollout_kv_gb allows): each call is graded, and sent to teacher "
+                                "ranks, while the next one samples")
     max_prompt_tokens: int = arg(1024, "problems whose prompt is longer are dropped at load time (counted)")
     max_new_tokens: int = arg(2048, "longest response; one without a stop token by then is graded as it stands")
     rollout_kv_gb: float = arg(20.0, "KV-cache budget of one generate call, GB (rows per call follow from it)")
@@ -254,7 +261,7 @@ class Config:
 
 
 NON_NEGATIVE = {"lr", "weight_decay", "grad_clip", "eval_every", "eval_temperature", "top_k", "max_bad_steps", "seed",
-                "teacher_temperature", "kl_beta"}
+                "teacher_temperature", "kl_beta", "teacher_ranks"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -289,6 +296,10 @@ def parse_config(argv: list[str]) -> Config:
         fail(f"field 'top_p' is {cfg.top_p}; it must be in (0, 1]")
     if cfg.algorithm == "grpo" and cfg.group_size < 2:
         fail(f"field 'group_size' is {cfg.group_size}; grpo normalises rewards inside each prompt's group: use >= 2")
+    if cfg.teacher_ranks and (cfg.algorithm != "scope" or cfg.kd_generate):
+        fail(f"field 'teacher_ranks' is {cfg.teacher_ranks}, but "
+             f"{'--kd-generate runs in one process' if cfg.kd_generate else cfg.algorithm + ' has no teacher to score'}"
+             f": leave it 0")
     if (cfg.algorithm == "kd" or cfg.kd_generate) and not cfg.kd_data:
         fail("field 'kd_data' is empty; kd trains on the teacher's solutions: name a JSONL file (--kd-generate "
              "writes it)")
@@ -298,34 +309,37 @@ def parse_config(argv: list[str]) -> Config:
 # -----------------------------------------------------------------------------
 # One training step's update: gradients over micro-batches, one optimizer step
 
-def accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab: int, cfg: Config, amp,
+def accumulate_gradients(student, ro, batches, teacher, scored, correct, group, vocab: int, cfg: Config, amp,
                          world: int) -> list[dict]:
     """Backward of the run's objective (`scope_loss`, or a baseline's) over micro-batches of whole groups, each
-    divided as `loss_norms` says; returns each micro-batch's info. teacher_logp: (N, L) the frozen model's
-    log-probs, or None (a baseline without one)."""
-    infos, norms = [], loss_norms(ro, correct, batches, cfg, world)
+    divided as `loss_norms` says; returns each micro-batch's info. teacher (teacher.py, or None for a baseline
+    without a frozen model) gives its (N, L) log-probs of the `scored` rollouts where the loss first reads them:
+    before the first micro-batch, or, when it runs on ranks of its own and scores only the wrong rollouts, after
+    every micro-batch's correct rollouts (whose loss reads none) have run their part, while it finishes."""
+    infos, norms = [[] for _ in batches], loss_norms(ro, correct, batches, cfg, world)
+    early = teacher is not None and teacher.remote and cfg.route_by_correctness and cfg.teacher_rollouts == "wrong"
+    frozen = None if teacher is None else torch.zeros(ro.tokens.shape, device=ro.tokens.device) if early else \
+        teacher.receive(ro, scored)
     with out_of_memory("update", micro_batch_tokens=cfg.micro_batch_tokens, tokens_per_row=ro.resp.shape[1]):
-        for (r, c), (norm, norm_mle) in zip(batches, norms, strict=True):
-            with amp:
-                logp = token_logprobs(student, ro.tokens[r, c], ro.attn[r, c], ro.resp[r, c], vocab=vocab,
-                                      temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
-            frozen = None if teacher_logp is None else teacher_logp[r, c]
-            loss, info = OBJECTIVES[cfg.algorithm](logp, frozen, ro.resp[r, c], correct[r], group[r], cfg, norm,
-                                                   norm_mle)
-            (loss * world).backward()  # the norms count the whole step already: undo FSDP's average over ranks
-            infos.append({**info, "logp": logp.detach()})
-    return infos
-
-
-def teacher_logprobs(teacher, ro, scored, cfg: Config, vocab: int, amp, world: int) -> torch.Tensor | None:
-    """(N, L) the frozen model's log-probs of the tokens of the `scored` rollouts (0 elsewhere), at the teacher's
-    temperature; None for a baseline without a frozen model."""
-    if teacher is None:
-        return None
-    with torch.no_grad(), amp, out_of_memory("teacher scoring", micro_batch_tokens=cfg.micro_batch_tokens,
-                                             tokens_per_row=ro.resp.shape[1]):
-        return score_rows(teacher, ro, scored, cfg.micro_batch_tokens, world, vocab=vocab,
-                          temperature=cfg.teacher_temperature or cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
+        for part in ([correct, ~correct] if early else [torch.ones_like(correct)]):
+            if early and part is not correct:  # the correct rollouts' part is done: now the wrong ones' teacher
+                frozen = teacher.receive(ro, scored)
+            for info, (r, c), (norm, norm_mle) in zip(infos, batches, norms, strict=True):
+                rows = torch.arange(len(correct), device=correct.device)[r][part[r]]
+                if len(rows) == 0 and world == 1:
+                    continue
+                idle = len(rows) == 0  # under FSDP every rank runs each forward: this one on a row, counting nothing
+                rows = rows if not idle else torch.arange(r.start, r.start + 1, device=correct.device)
+                with amp:
+                    logp = token_logprobs(student, ro.tokens[rows, c], ro.attn[rows, c], ro.resp[rows, c], vocab=vocab,
+                                          temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
+                loss, part_info = OBJECTIVES[cfg.algorithm](logp, None if frozen is None else frozen[rows, c],
+                                                            ro.resp[rows, c], correct[rows], group[rows], cfg, norm,
+                                                            norm_mle)
+                (loss * (0 if idle else world)).backward()  # the norms count the whole step: undo FSDP's average
+                if not idle:
+                    info.append((rows - r.start, {**part_info, "logp": logp.detach()}))
+    return [merged(parts, len(correct[r])) for parts, (r, _) in zip(infos, batches)]
 
 
 def optimizer_step(student, optimizer, cfg: Config, fast=None) -> float:
@@ -372,7 +386,10 @@ def main(argv: list[str]):
     if cfg.plan:
         sys.exit(0 if plan.print_plan(cfg) else 1)
     quiet_libraries()
+    link = split_world(cfg.teacher_ranks) if cfg.teacher_ranks else None  # the teacher's own ranks (teacher.py)
     rank, world, device = setup_distributed()
+    if link is not None and link.rank >= link.students:
+        return serve(cfg, link, device)
     if cfg.kd_generate:
         return write_kd_data(cfg, device, world)
     if cfg.batch_size % world:
@@ -382,13 +399,14 @@ def main(argv: list[str]):
     toy.build_missing_world(cfg, world)
     check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
     compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
-    student, teacher, tok, fast = load_models(cfg, device, compute, world)
-    vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
     amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
+    student, teacher, tok, fast = load_models(cfg, device, compute, world, amp, link)
+    vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(resume_from, student, optimizer, cfg, fast) if resume_from else 0
     sampling = sampling_settings(cfg, student, tok, fast, compute.itemsize if world > 1 else 4, world)  # fp32 cache
-    judge, rollouts = judge_of(cfg), rollout_source(cfg, student, tok, fast, amp, world, sampling)
+    judge = training_judge(cfg.task, cfg.code_sandbox)
+    rollouts = rollout_source(cfg, student, tok, fast, amp, world, sampling, judge, teacher)
     train, held_out = problems(cfg, tok, world), problems(cfg, tok, world, held_out=True)
     label = rollout_labeller(cfg.rollout_labels)  # per-rollout labels for metrics.jsonl (a toy world's)
     write_metrics = open_run_logs(out_dir, asdict(cfg), cfg.report_to, start) if rank == 0 else lambda record: None
@@ -415,40 +433,35 @@ def main(argv: list[str]):
         rows = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
         rows = rows[rank * per_rank:(rank + 1) * per_rank]
 
-        # ---- sample G answers per problem from the current student (kd: read the teacher's)
-        ro = rollouts(rows)
-        t1 = time.perf_counter()
-
-        # ---- grade them
-        golds = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        correct = torch.tensor([g["correct"] for g in judge_all(judge, ro.texts, golds)], device=device)  # (N,)
+        # ---- sample G answers per problem from the current student (kd: read the teacher's); each generate call's
+        #      are graded as it returns, and those the teacher reads go to it (on its own ranks it starts at once)
+        ro, correct, grading = rollouts(rows)                                                               # (N,)
         group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
-        t2 = time.perf_counter()
-
-        # ---- the teacher scores the student's tokens that the loss reads: one forward, no generation
-        scored = teacher_reads(cfg, correct)                                                              # (N,)
-        teacher_logp = teacher_logprobs(teacher, ro, scored, cfg, vocab, amp, world)                      # (N, L)
+        scored = scored_rollouts(cfg, correct)                                                              # (N,)
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
         eval_due = bool(held_out) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
         if fast is not None and eval_due:  # the sampler's own log-probs, to measure how far it is from the learner
             with torch.no_grad():
                 sampler_logp = score(fast.model, ro, batches, vocab=vocab, temperature=cfg.temperature,
                                      chunk_tokens=cfg.logprob_chunk_tokens)                                # (N, L)
-        t3 = time.perf_counter()
+        t1 = time.perf_counter()
 
-        # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches
+        # ---- one optimizer step (on-policy: rho = 1, no clip), gradients accumulated over micro-batches; the
+        #      teacher's log-probs of the student's tokens (one forward, no generation) are waited for only where
+        #      the loss first reads them
         student.train()
-        infos = accumulate_gradients(student, ro, batches, teacher_logp, correct, group, vocab, cfg, amp, world)
+        infos = accumulate_gradients(student, ro, batches, teacher, scored, correct, group, vocab, cfg, amp, world)
         grad_norm = optimizer_step(student, optimizer, cfg, fast)
         bad_in_a_row = 0 if math.isfinite(grad_norm) else bad_in_a_row + 1
-        t4 = time.perf_counter()
+        t2 = time.perf_counter()
 
         # ---- log the step's numbers, gathered from every rank; the quick eval when due
         roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, scored, world, label(rows, ro.texts))
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
-                  "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t4 - t0),
-                  "time_sample": t1 - t0, "time_grade": t2 - t1, "time_update": t4 - t3,
-                  **({"time_teacher": t3 - t2} if teacher is not None else {})}  # a baseline may have no teacher
+                  "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t2 - t0),
+                  "time_sample": t1 - t0, "time_grade": grading,
+                  "time_update": t2 - t1 - (teacher.waited if teacher else 0),
+                  **({"time_teacher": teacher.busy, "time_teacher_exposed": teacher.waited} if teacher else {})}
         if fast is not None and eval_due:
             record.update(sampler_gap(infos, batches, sampler_logp, ro.resp, world))
         if eval_due:
@@ -468,50 +481,44 @@ def main(argv: list[str]):
     finish(student, tok, out_dir, rank, world)
 
 
-def rollout_source(cfg: Config, student, tok, fast, amp, world: int, sampling: dict):
-    """The function that gives a step's rollouts for its rows: G samples from the current student, or for kd the
-    teacher's solutions that `--kd-generate` wrote."""
-    if cfg.algorithm == "kd":
-        device = next(student.parameters()).device
-        return lambda rows: given_rollouts(tok, [r["prompt"] for r in rows], [r["response_ids"] for r in rows],
-                                           sampling["stop"], device)
-
+def rollout_source(cfg: Config, student, tok, fast, amp, world: int, sampling: dict, judge, teacher):
+    """The function that gives a step's rollouts for its rows, their verdicts (N,) bool and the grading's seconds: G
+    samples per row from the current student, or for kd the teacher's solutions that `--kd-generate` wrote. Each
+    generate call is graded on a thread while the next samples (eval.Grading), then its rollouts that the teacher
+    reads are sent to it (`scored_rollouts`)."""
     def sample(rows: list[dict]):
+        def send(first: int, part, correct: torch.Tensor):
+            if teacher is not None:
+                teacher.send(first, part, scored_rollouts(cfg, correct))
+        grading = Grading(judge, [r["answer"] for r in rows for _ in range(cfg.group_size)], then=send)
+        if cfg.algorithm == "kd":
+            device = next(student.parameters()).device
+            ro = given_rollouts(tok, [r["prompt"] for r in rows], [r["response_ids"] for r in rows], sampling["stop"],
+                                device)
+            grading.submit(0, ro)
+            return ro, grading.verdicts(), grading.seconds
         student.eval()
         with sampling_with(student, fast, amp, world), out_of_memory("sampling", rows_per_call=sampling["max_rows"],
                                                                      max_new_tokens=cfg.max_new_tokens):
-            return generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
-                            **sampling)
+            ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
+                          on_call=grading.submit, **sampling)
+        return ro, grading.verdicts(), grading.seconds
     return sample
 
 
 def sampling_settings(cfg: Config, model, tok, fast, kv_bytes: int, world: int) -> dict:
     """`generate`'s keywords but the temperature: stop ids, top-p/k, length, and rows per call from the KV budget
-    (`kv_bytes` a cached value)."""
+    (`kv_bytes` a cached value) and rollout_calls."""
     kv = kv_bytes_per_token(model.config, kv_bytes)
     return dict(stop=stop_ids(model, tok, cfg.chat_template), top_p=cfg.top_p, top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens, synced=world > 1 and fast is None, static=fast,
-                max_rows=rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens))
+                max_rows=min(rows_per_call(cfg.rollout_kv_gb, kv, cfg.max_prompt_tokens + cfg.max_new_tokens),
+                             call_rows(cfg, world)))
 
 
-def judge_of(cfg: Config):
-    """The run's grader (eval.grader), for the training reward and the quick eval alike: verify.py's strict grade of
-    a marked final answer (math), or every test passed in the sandbox (code: the golds are the tests; a pool of
-    sandboxes grades a step's rollouts at once)."""
-    if cfg.task == "code":
-        try:
-            check_sandbox(cfg.code_sandbox)  # refuse at start, saying how to install bubblewrap, rather than at step 1
-        except SandboxUnavailable as e:
-            fail(f"field 'code_sandbox' is {cfg.code_sandbox!r}: {e} (--code-sandbox process)")
-    return eval_grader("verify", "codeforces" if cfg.task == "code" else "", strict=True, sandbox=cfg.code_sandbox)
-
-
-def teacher_reads(cfg: Config, correct: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the rollouts the frozen model scores. SCOPE's teacher: those the loss reads, the wrong ones when
-    routed (every one under OPD, or with teacher_rollouts all); GRPO's initial student (kl_beta > 0): every one."""
-    if cfg.algorithm == "scope" and cfg.route_by_correctness and cfg.teacher_rollouts == "wrong":
-        return ~correct
-    return torch.full_like(correct, cfg.algorithm == "scope" or (cfg.algorithm == "grpo" and cfg.kl_beta > 0))
+def call_rows(cfg: Config, world: int) -> int:
+    """Most rows one generate call may take for a rank's share of a step to be sampled in rollout_calls calls."""
+    return -(-cfg.batch_size // world // cfg.rollout_calls) * cfg.group_size
 
 
 # -----------------------------------------------------------------------------
@@ -531,31 +538,23 @@ def write_kd_data(cfg: Config, device: torch.device, world: int):
     print(f"done: {cfg.kd_data} holds the teacher's solutions; train with the same flags without --kd-generate")
 
 
-def finish(student, tok, out_dir: Path, rank: int, world: int):
-    """The trained student as a plain HF model in output_dir, and the run's curves."""
-    save_model(student, tok, out_dir, rank, world)
-    if rank == 0:
-        plot_run(out_dir)
-        print(f"done: the student is in {out_dir} (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
-    if world > 1:
-        barrier(world)  # every rank is done with the process group before any tears it down
-        dist.destroy_process_group()
-
-
-def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int):
-    """(student, teacher, tokenizer, rollout copy): the student in float32 (its master weights), the teacher frozen
-    in the compute dtype (GRPO: the initial student when kl_beta > 0, else None; KD: None); both sharded with FSDP2
-    under torchrun (the teacher unless shard_teacher is false); the student's RolloutCopy for the fast path, else None."""
+def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: int, amp, link):
+    """(student, teacher, tokenizer, rollout copy): the student in float32 (its master weights); the teacher as
+    teacher.py's handle: on its own ranks (`link`), or here, frozen in the compute dtype (GRPO: the initial student
+    when kl_beta > 0, else None; KD: None); both sharded with FSDP2 under torchrun (the teacher unless shard_teacher
+    is false); the student's RolloutCopy for the fast path, else None."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 log-prob head; the bodies run in bf16
     student, tok = load_model(cfg.student, torch.float32, device)
     teacher = None
-    if cfg.algorithm == "scope" or (cfg.algorithm == "grpo" and cfg.kl_beta > 0):
+    if link is not None:  # the teacher's ranks load it: here only its tokenizer, which must be the student's
+        check_same_tokenizer(tok, load_tokenizer(cfg.teacher), cfg.student, cfg.teacher)
+    elif cfg.algorithm == "scope" or (cfg.algorithm == "grpo" and cfg.kl_beta > 0):
         name = cfg.teacher if cfg.algorithm == "scope" else cfg.student  # GRPO's KL reference: the initial student
         teacher, teacher_tok = load_model(name, compute, device)
         check_same_tokenizer(tok, teacher_tok, cfg.student, name)
         teacher.requires_grad_(False).eval()
-    fast = rollout_copy(student, cfg.rollouts, compute, cfg.batch_size // world * cfg.group_size,
+    fast = rollout_copy(student, cfg.rollouts, compute, call_rows(cfg, world),
                         cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.rollout_kv_gb)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -563,7 +562,9 @@ def load_models(cfg: Config, device: torch.device, compute: torch.dtype, world: 
         shard(student, compute)
         if teacher is not None and cfg.shard_teacher:
             shard(teacher, compute)
-    return student, teacher, tok, fast
+    handle = OnRanks(link, cfg.output_dir) if link else None if teacher is None else Colocated(teacher, cfg, len(tok),
+                                                                                                 amp, world)
+    return student, handle, tok, fast
 
 
 def problems(cfg: Config, tok, world: int, held_out: bool = False) -> list[dict]:

@@ -5,17 +5,21 @@ miniature, on this machine's CPU cores.
     python bench/bench_cost.py --worlds paper --steps 4 --correct 0.3
     python bench/bench_cost.py --predict                # the paper's two pairs, predicted from its Table 8
 
-Every configuration trains with `scope.main` in this one process, given all of torch's threads in turn, on the
-same problems and seeds, in --rounds rounds that take the configurations in turn (so that a machine whose load
-changes meets every configuration alike); each step's components come from its metrics.jsonl (time_sample,
-time_grade, time_teacher, time_update), each run's first step dropped (one-time costs), the median over the rest
-of every round reported, with the load average before and after:
-  grpo        --algorithm grpo: no teacher
-  opd_g1      OPD as the paper ran it: every rollout on the reverse-KL path, G = 1 at SCOPE's prompts
-  scope_all   SCOPE with the teacher scoring every rollout (--teacher-rollouts all)
-  scope       SCOPE with the teacher scoring only the rollouts the loss reads, the wrong ones (the default)
-"exposed teacher" is the teacher time the step waits for: all of it, the loop being synchronous. "step" is the
-sum of the four components (logging and checkpoints left out), and "/ grpo" its ratio to GRPO's step.
+Every configuration trains on the same problems and seeds, with the same --rollout-calls generate calls per step,
+given the machine's cores: in this one process with all of torch's threads, or, with the teacher on a rank of its
+own, under torchrun as two ranks of one thread each. --rounds rounds take the configurations in turn (so that a
+machine whose load changes meets every configuration alike); each step's components come from its metrics.jsonl,
+each run's first step dropped (one-time costs), the median over the rest of every round reported, with the load
+average before and after:
+  grpo         --algorithm grpo: no teacher
+  opd_g1       OPD as the paper ran it: every rollout on the reverse-KL path, G = 1 at SCOPE's prompts
+  scope_all    SCOPE with the teacher scoring every rollout (--teacher-rollouts all)
+  scope        SCOPE with the teacher scoring only the rollouts the loss reads, the wrong ones (the default)
+  scope_ranks  the same with the teacher on a rank of its own (--teacher-ranks 1), scoring while the student samples
+"sample" is the sampling with the grading that is left when it ends (time_sample), "grade" the grading's own time
+(overlapped), "teacher" the teacher's own time (time_teacher), "exposed teacher" what the step waited for it
+(time_teacher_exposed: all of it in one process), "update" the rest of the update. "step" is sample + exposed
+teacher + update (logging and checkpoints left out), "/ grpo" its ratio to GRPO's step.
 
 Worlds:
   demo    the demo world (configs/toy.yaml: tiny student and teacher of one size, 3-digit addition), built
@@ -31,6 +35,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,12 +52,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import eval as evaluate  # noqa: E402
 import scope  # noqa: E402
 import toy  # noqa: E402
-from sample import quiet_libraries  # noqa: E402
+from sample import leave_torchrun_worker, quiet_libraries  # noqa: E402
 
 UNIFORM_OPD = ["--route-by-correctness", "false", "--teacher-weight", "uniform"]
 CONFIGS = {"grpo": ["--algorithm", "grpo"], "opd_g1": [*UNIFORM_OPD, "--group-size", "1"],
-           "scope_all": ["--teacher-rollouts", "all"], "scope": []}
-COMPONENTS = ("time_sample", "time_grade", "time_teacher", "time_update")
+           "scope_all": ["--teacher-rollouts", "all"], "scope": [], "scope_ranks": ["--teacher-ranks", "1"]}
+STEP = ("time_sample", "time_teacher_exposed", "time_update")
+COMPONENTS = (*STEP, "time_grade", "time_teacher")
 
 
 def qwen2(vocab: int, hidden: int, layers: int, seed: int) -> Qwen2ForCausalLM:
@@ -84,11 +90,32 @@ def paper_world(root: Path, teacher_scale: float) -> tuple[Path, Path, Path, str
         f"student {size / 1e6:.1f}M params (hidden 256, 4 layers), teacher {ratio:.2f}x ({hidden}, {layers} layers)")
 
 
-def run(flags: list[str], out: Path, steps: int) -> list[dict]:
-    """metrics.jsonl of one run, its first step dropped."""
-    scope.main([*flags, "--max-steps", str(steps), "--output-dir", str(out), "--eval-every", "0",
-                "--save-every", str(steps)])
+def run(flags: list[str], out: Path, steps: int, correct: float | None) -> list[dict]:
+    """metrics.jsonl of one run, its first step dropped: in this process, or under torchrun with teacher ranks
+    (through `worker`, which grades as this process does: the stand-in verifier when `correct` is given)."""
+    flags = [*flags, "--max-steps", str(steps), "--output-dir", str(out), "--eval-every", "0", "--save-every",
+             str(steps)]
+    if "--teacher-ranks" in flags:
+        stand_in = [] if correct is None else ["--correct", str(correct)]
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        __file__, "--worker", *stand_in, "--", *flags], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    else:
+        scope.main(flags)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+
+
+def stand_in_grade(correct: float):
+    """A verifier that passes a fraction `correct` of responses, chosen by a hash of the text."""
+    return lambda text, *_: zlib.crc32(text.encode()) % 1000 < 1000 * correct
+
+
+def worker(argv: list[str]):
+    """A torchrun rank of `run`: scope.py's main with the stand-in verifier when --correct is given."""
+    if argv[0] == "--correct":
+        evaluate.grade, argv = stand_in_grade(float(argv[1])), argv[2:]
+    scope.main(argv[1:])  # after "--"
+    leave_torchrun_worker()
 
 
 def summary(rows: list[dict]) -> dict[str, float]:
@@ -100,15 +127,16 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 
 def table(title: str, results: dict[str, dict]) -> str:
-    base = sum(results["grpo"][k] for k in COMPONENTS)
+    base = sum(results["grpo"][k] for k in STEP)
     lines = [f"### {title}", "", "| configuration | sample | grade | teacher | exposed teacher | update | step | "
-             "/ grpo | teacher share of step | tokens the teacher scored | frac correct |",
+             "/ grpo | exposed teacher's share of step | tokens the teacher scored | frac correct |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        step = sum(r[k] for k in COMPONENTS)
+        step = sum(r[k] for k in STEP)
         lines.append(f"| {name} | {r['time_sample']:.2f} | {r['time_grade']:.3f} | {r['time_teacher']:.2f} | "
-                     f"{r['time_teacher']:.2f} | {r['time_update']:.2f} | {step:.2f} | {step / base:.2f}x | "
-                     f"{r['time_teacher'] / step:.0%} | {r['teacher_share_of_tokens']:.0%} | {r['frac_correct']:.2f} |")
+                     f"{r['time_teacher_exposed']:.2f} | {r['time_update']:.2f} | {step:.2f} | {step / base:.2f}x | "
+                     f"{r['time_teacher_exposed'] / step:.0%} | {r['teacher_share_of_tokens']:.0%} | "
+                     f"{r['frac_correct']:.2f} |")
     return "\n".join(lines)
 
 
@@ -159,6 +187,7 @@ def main(argv: list[str]):
     p.add_argument("--teacher-scale", type=float, default=5.0, help="paper world: teacher params / student's")
     p.add_argument("--correct", type=float, default=0.5, help="paper world: fraction of rollouts graded correct")
     p.add_argument("--response-len", type=int, default=64, help="paper world: max_new_tokens")
+    p.add_argument("--rollout-calls", type=int, default=4, help="generate calls per step, every configuration")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2: the first step is dropped")
@@ -176,6 +205,7 @@ def main(argv: list[str]):
                         "--teacher", str(demo / "teacher"), "--train-data", str(demo / "train.jsonl"),
                         "--eval-data", str(demo / "test.jsonl")]
                 title, grade = "demo world (teacher the student's size, its own verifier)", evaluate.grade
+                correct = None
             elif world == "paper":
                 student, teacher, data, what = paper_world(tmp / "world", args.teacher_scale)
                 base = ["--student", str(student), "--teacher", str(teacher), "--train-data", str(data),
@@ -184,7 +214,8 @@ def main(argv: list[str]):
                         "--gradient-checkpointing", "false", "--lr", "2e-4"]
                 title = (f"paper's proportions: {what}; responses up to {args.response_len} tokens; "
                          f"{args.correct:.0%} of rollouts graded correct")
-                grade = lambda text, *_: zlib.crc32(text.encode()) % 1000 < 1000 * args.correct  # noqa: E731
+                grade = stand_in_grade(args.correct)
+                correct = args.correct
             else:
                 p.error(f"unknown world {world!r}; choose from demo, paper")
             steps, real, load = {name: [] for name in CONFIGS}, evaluate.grade, os.getloadavg()[0]
@@ -192,7 +223,8 @@ def main(argv: list[str]):
             try:
                 for k in range(args.rounds):
                     for name, flags in CONFIGS.items():
-                        steps[name] += run([*base, *flags], tmp / f"{name}_{k}", args.steps)
+                        steps[name] += run([*base, *flags, "--rollout-calls", str(args.rollout_calls)],
+                                           tmp / f"{name}_{k}", args.steps, correct)
             finally:
                 evaluate.grade = real
             print(table(title, {name: summary(rows) for name, rows in steps.items()}) +
@@ -200,4 +232,7 @@ def main(argv: list[str]):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

@@ -40,6 +40,7 @@ from transformers import AutoModelForCausalLM, CompileConfig, GenerationConfig, 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sample import RolloutCopy, Rollouts, micro_batches, score  # noqa: E402
 from scope import Config, accumulate_gradients  # noqa: E402
+from teacher import Given  # noqa: E402
 
 VOCAB = 151_665        # the shared tokenizer's ids: prompts are drawn from them, log-probs are over them
 EOS = 151_643          # <|endoftext|>
@@ -171,7 +172,8 @@ def main():
 
     def update(ro, batches, teacher_logp, correct, group):
         student.train()
-        accumulate_gradients(student, ro, batches, teacher_logp, correct, group, VOCAB, cfg, amp, world=1)
+        accumulate_gradients(student, ro, batches, Given(teacher_logp), None, correct, group, VOCAB, cfg, amp,
+                             world=1)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

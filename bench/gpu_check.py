@@ -43,6 +43,7 @@ from bench_step import STUDENT, TEACHER, TINY_STUDENT, TINY_TEACHER  # noqa: E40
 from plans import MODELS, shipped_plan_config  # noqa: E402
 from sample import RolloutCopy, Rollouts, generate, score, score_rows, token_logprobs  # noqa: E402
 from scope import Config, accumulate_gradients  # noqa: E402
+from teacher import Given  # noqa: E402
 
 R1 = "configs/r1-distill-1.5b_skywork-7b.yaml"
 
@@ -218,7 +219,7 @@ def check_memory(device, tiny: bool) -> list:
     correct = torch.arange(rows, device=device) % 2 == 0
     group = torch.arange(rows, device=device) // cfg.group_size
     run_cfg = Config(**{k: v for k, v in vars(cfg).items() if k in Config.__dataclass_fields__})
-    accumulate_gradients(student, ro, batches, teacher_logp, correct, group, 151_665, run_cfg, amp, 1)
+    accumulate_gradients(student, ro, batches, Given(teacher_logp), None, correct, group, 151_665, run_cfg, amp, 1)
     measured["update"] = torch.cuda.max_memory_allocated() / 1e9
     return [(f"memory of {name}: plan vs measured", f"{phases[name]:.1f} vs {gb:.1f} GB", phases[name] >= gb)
             for name, gb in measured.items()]

@@ -2,6 +2,7 @@
 
     python bench/plans.py                    # on the default rollout path (plain)
     python bench/plans.py --rollouts static  # on the fast path (sample.RolloutCopy)
+    python bench/plans.py --teacher-ranks 2  # the multi-GPU configs with the teacher on 2 of their GPUs
 
 The published models' configurations are written below (no hub access) into temporary directories,
 and each YAML's student and teacher are pointed at them; every other field is the YAML's, or
@@ -74,7 +75,7 @@ def shipped_plan_config(path: str, gpus: int, gpu_memory_gb: float) -> SimpleNam
     return cfg
 
 
-def main(rollouts: str = "") -> bool:
+def main(rollouts: str = "", teacher_ranks: int = 0) -> bool:
     fits = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Each model is written under its own name, and the plan runs from there: the YAML's names
@@ -86,6 +87,12 @@ def main(rollouts: str = "") -> bool:
             print(f"## {path}\n")
             cfg = shipped_plan_config(path, gpus, memory)
             cfg.rollouts = rollouts or cfg.rollouts
+            if teacher_ranks and gpus == 1:
+                continue
+            if teacher_ranks:  # the batch must share out evenly over the student's GPUs: the nearest multiple below
+                cfg.teacher_ranks = teacher_ranks
+                cfg.batch_size -= cfg.batch_size % (gpus - teacher_ranks)
+                print(f"teacher_ranks {teacher_ranks}, batch_size {cfg.batch_size}\n")
             fits[path] = plan.print_plan(cfg)
             print()
         os.chdir(ROOT)
@@ -97,4 +104,7 @@ def main(rollouts: str = "") -> bool:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rollouts", choices=("plain", "static"), default="", help="default: each config's own")
-    sys.exit(0 if main(parser.parse_args().rollouts) else 1)
+    parser.add_argument("--teacher-ranks", type=int, default=0, help="plan the multi-GPU configs with the teacher on "
+                                                                     "this many of their GPUs")
+    args = parser.parse_args()
+    sys.exit(0 if main(args.rollouts, args.teacher_ranks) else 1)

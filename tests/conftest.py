@@ -11,7 +11,10 @@ test_distributed.py.
 """
 import fcntl
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,6 +94,27 @@ def tiny_args(student, teacher, data, out, *extra) -> list[str]:
             "--eval-every", "0", "--group-size", "4", "--batch-size", "4", "--max-new-tokens", "12", "--max-prompt-tokens", "64",
             "--max-steps", "2", "--save-every", "2", "--output-dir", str(out),
             "--gradient-checkpointing", "false", *extra]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SCOPE_COLLECTIVE_TIMEOUT_S": "90"}  # a hang fails, not waits 30 min
+
+
+def torchrun(args: list[str], timeout: int = 240, ranks: int = 2) -> str:
+    """Run under `ranks` ranks; a hang becomes a failure through the timeout, and no rank outlives it."""
+    proc = subprocess.Popen([*TORCHRUN, f"--nproc_per_node={ranks}", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun ends its workers, which run in sessions of their own
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"torchrun {' '.join(args)} hung for {timeout} s")
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return out
 
 
 @pytest.fixture(autouse=True)

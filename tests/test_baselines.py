@@ -13,6 +13,7 @@ import eval as evaluate
 import plan
 import sample
 import scope
+import teacher as teacher_module
 from conftest import ROOT, tiny_args
 from scope import Config, grpo_loss, kd_loss, parse_config
 
@@ -98,8 +99,8 @@ def run(tmp_path: Path, name: str, tiny_pair, *extra) -> list[dict]:
 def test_the_teacher_scoring_only_wrong_rollouts_changes_no_loss_weight_or_update(tiny_pair, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "grade", graded_by_length)
     seen = []
-    real = scope.score_rows
-    monkeypatch.setattr(scope, "score_rows", lambda model, ro, rows, *a, **kw: seen.append(rows.clone()) or
+    real = teacher_module.score_rows
+    monkeypatch.setattr(teacher_module, "score_rows", lambda model, ro, rows, *a, **kw: seen.append(rows.clone()) or
                         real(model, ro, rows, *a, **kw))
     wrong = run(tmp_path, "wrong", tiny_pair, "--micro-batch-tokens", "256")
     every = run(tmp_path, "all", tiny_pair, "--micro-batch-tokens", "256", "--teacher-rollouts", "all")
@@ -147,7 +148,7 @@ def test_grpo_loads_no_teacher_plans_none_and_logs_no_teacher_time(tiny_pair, tm
     student, teacher, _ = tiny_pair
     m = run(tmp_path, "grpo", tiny_pair, "--algorithm", "grpo")
     assert loaded == [str(student)]
-    assert all("time_teacher" not in step and step["teacher_tokens"] == 0 and "kl" not in step for step in m)
+    assert all("time_teacher" not in step and "time_teacher_exposed" not in step and step["teacher_tokens"] == 0 and "kl" not in step for step in m)
     assert any(step["abs_advantage"] > 0 for step in m)
     cfg = parse_config(["--student", str(student), "--teacher", str(teacher), "--algorithm", "grpo", "--plan"])
     plan.print_plan(cfg)

@@ -4,6 +4,7 @@ import socket
 
 import pytest
 
+import eval as evaluation
 import sample
 import scope
 import toy
@@ -44,7 +45,9 @@ def test_one_step_on_code_routes_a_right_a_wrong_and_a_hostile_program_by_the_sa
 
     def emits_fixed_programs(model, tok, prompts, group_size, **kw):  # the "student" writes these three, always
         ids = [tok(p, add_special_tokens=False).input_ids + [tok.eos_token_id] for p in programs]
-        return sample.given_rollouts(tok, prompts, [ids] * len(prompts), kw["stop"], model.device)
+        ro = sample.given_rollouts(tok, prompts, [ids] * len(prompts), kw["stop"], model.device)
+        kw["on_call"](0, ro)  # one generate call: graded, and sent on, as it returns
+        return ro
 
     monkeypatch.setattr(scope, "generate", emits_fixed_programs)
     seen, real = [], scope.gather_rollouts
@@ -66,7 +69,7 @@ def test_a_code_run_without_a_usable_sandbox_stops_at_start_saying_how_to_instal
                                                                                     capsys):
     student, teacher, data = tiny_pair
     monkeypatch.setattr("shutil.which", lambda name: None)  # as on a machine without bubblewrap
-    monkeypatch.setattr(scope, "check_sandbox", scope.check_sandbox.__wrapped__)  # not the answer cached for this one
+    monkeypatch.setattr(evaluation, "check_sandbox", evaluation.check_sandbox.__wrapped__)  # not the answer cached for this one
     with pytest.raises(SystemExit):
         scope.main(tiny_args(student, teacher, data, tmp_path / "run", "--task", "code"))
     err = capsys.readouterr().err

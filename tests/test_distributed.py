@@ -1,10 +1,6 @@
 """FSDP2 through torchrun on CPU (gloo): the same update as one process, and generation that never hangs."""
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 from unittest.mock import patch
 
 import torch
@@ -13,29 +9,8 @@ from transformers import AutoModelForCausalLM
 
 import scope
 import toy
-from conftest import ROOT, tiny_args
+from conftest import tiny_args, torchrun
 from sample import batch_indices, micro_batches
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SCOPE_COLLECTIVE_TIMEOUT_S": "90"}  # a hang fails, not waits 30 min
-
-
-def torchrun(args: list[str], timeout: int = 240) -> str:
-    """Run under 2 ranks; a hang becomes a failure through the timeout, and no rank outlives it."""
-    proc = subprocess.Popen(TORCHRUN + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # torchrun ends its workers, which run in sessions of their own
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"torchrun {' '.join(args)} hung for {timeout} s")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    return out
-
 
 def test_two_ranks_make_the_same_update_as_one_process(tiny_pair, tmp_path):
     """Same global batch (4 prompts: 2 per rank): same losses and weights after 2 steps.

@@ -11,6 +11,7 @@ from conftest import ROOT
 from eval import step_metrics
 from sample import Rollouts
 from scope import Config, accumulate_gradients, group_softmax, loss_norms, parse_config, scope_loss
+from teacher import Given
 
 CFG = Config()
 
@@ -234,7 +235,7 @@ def step_gradient(cfg, batches, monkeypatch, nll_student, nll_teacher, correct, 
     rows = torch.arange(n)[:, None].expand(-1, 3)                                             # (N, T) row numbers
     ro = Rollouts(tokens=rows, attn=mask, resp=mask, texts=[], truncated=torch.zeros(n, dtype=torch.bool))
     monkeypatch.setattr(scope, "token_logprobs", lambda table, tokens, *a, **kw: table[tokens[:, 0]])
-    accumulate_gradients(logp, ro, batches, teacher, correct, group, 0, cfg, nullcontext(), world=1)
+    accumulate_gradients(logp, ro, batches, Given(teacher), None, correct, group, 0, cfg, nullcontext(), world=1)
     return logp.grad
 
 

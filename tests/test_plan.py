@@ -181,3 +181,23 @@ def test_the_shipped_configs_fit_their_gpus_with_ten_percent_free(monkeypatch, t
         assert max(phases(cfg).values()) <= 0.9 * memory, path
     paper = yaml.safe_load((ROOT / "configs/r1-distill-1.5b_skywork-7b.yaml").read_text())
     assert (paper["batch_size"], paper["group_size"], paper["max_new_tokens"]) == (256, 8, 12288)
+
+
+def test_teacher_ranks_plan_the_student_without_a_teacher_and_the_teacher_alone_on_its_own_gpus(cfg, capsys):
+    """With K teacher ranks of gpus, the student's phases are those of gpus - K GPUs holding no teacher, and each
+    teacher GPU holds its share of the bf16 teacher (2 B/param over K, or all of it when not sharded)."""
+    cfg.gpus, cfg.teacher_ranks = 3, 2
+    apart = phases(cfg)
+    alone = SimpleNamespace(**{**vars(cfg), "gpus": 1, "teacher_ranks": 0})
+    without = {name: gb for name, gb, _, _ in plan.estimate(alone, plan.read_shape("student", cfg.student), None)[0]}
+    assert "teacher scoring" not in apart and {k: apart[k] for k in without} == without
+    params = plan.read_shape("teacher", cfg.teacher).params
+    assert apart["teacher ranks: weights"] == pytest.approx(2 * params / 2 / 1e9)
+    assert apart["teacher ranks: scoring"] > apart["teacher ranks: weights"]
+    cfg.shard_teacher = False
+    assert phases(cfg)["teacher ranks: weights"] == pytest.approx(2 * params / 1e9)
+    assert plan.print_plan(cfg)
+    assert "the teacher on 2 GPUs of its own" in capsys.readouterr().out
+    cfg.teacher_ranks = 3
+    with pytest.raises(SystemExit, match="leaves no GPU to the student"):
+        plan.print_plan(cfg)

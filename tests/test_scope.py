@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import sample
 import scope
+import teacher as teacher_module
 from conftest import ROOT, save_tiny, tiny_args
 
 
@@ -94,7 +95,7 @@ def test_a_run_writes_metrics_and_a_student_that_plain_hf_reloads(tiny_pair, tmp
     assert [r["step"] for r in lines] == [1, 2]
     wanted = ["loss", "loss_mle", "loss_opd", "frac_correct", "frac_all_correct", "frac_all_wrong", "frac_truncated",
               "response_len", "kl", "w_mle_min", "w_opd_max", "w_opd_entropy", "ppl_student", "ppl_teacher",
-              "tokens_per_s", "time_sample", "time_grade", "time_teacher", "time_update"]
+              "tokens_per_s", "time_sample", "time_grade", "time_teacher", "time_teacher_exposed", "time_update"]
     for r in lines:
         assert all(k in r for k in wanted)
         assert all(v is None or v == v for v in r.values())  # no NaN
@@ -190,8 +191,8 @@ def test_scope_raises_the_demo_students_held_out_accuracy(toy_world, tmp_path):
 def test_teacher_log_probs_use_the_teacher_temperature_when_one_is_set(tiny_pair, tmp_path, monkeypatch, flags,
                                                                       expected):
     student, teacher, data = tiny_pair
-    seen, real = [], scope.score_rows
-    monkeypatch.setattr(scope, "score_rows", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
+    seen, real = [], teacher_module.score_rows
+    monkeypatch.setattr(teacher_module, "score_rows", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
     run_scope(tiny_args(student, teacher, data, tmp_path / "run", *flags))
     assert seen == [expected, expected]                       # one teacher scoring per step
 
