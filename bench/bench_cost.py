@@ -16,10 +16,12 @@ average before and after:
   scope_all    SCOPE with the teacher scoring every rollout (--teacher-rollouts all)
   scope        SCOPE with the teacher scoring only the rollouts the loss reads, the wrong ones (the default)
   scope_ranks  the same with the teacher on a rank of its own (--teacher-ranks 1), scoring while the student samples
+  grpo_share   GRPO on the student's share of the machine when the teacher has a rank of its own: one thread
 "sample" is the sampling with the grading that is left when it ends (time_sample), "grade" the grading's own time
 (overlapped), "teacher" the teacher's own time (time_teacher), "exposed teacher" what the step waited for it
 (time_teacher_exposed: all of it in one process), "update" the rest of the update. "step" is sample + exposed
-teacher + update (logging and checkpoints left out), "/ grpo" its ratio to GRPO's step.
+teacher + update (logging and checkpoints left out), "/ grpo" its ratio to GRPO's step, "/ grpo_share" to GRPO's on
+the student's share (the paper's question: does the teacher, given hardware of its own, still slow the step?).
 
 Worlds:
   demo    the demo world (configs/toy.yaml: tiny student and teacher of one size, 3-digit addition), built
@@ -56,7 +58,9 @@ from sample import leave_torchrun_worker, quiet_libraries  # noqa: E402
 
 UNIFORM_OPD = ["--route-by-correctness", "false", "--teacher-weight", "uniform"]
 CONFIGS = {"grpo": ["--algorithm", "grpo"], "opd_g1": [*UNIFORM_OPD, "--group-size", "1"],
-           "scope_all": ["--teacher-rollouts", "all"], "scope": [], "scope_ranks": ["--teacher-ranks", "1"]}
+           "scope_all": ["--teacher-rollouts", "all"], "scope": [], "scope_ranks": ["--teacher-ranks", "1"],
+           "grpo_share": ["--algorithm", "grpo"]}
+ONE_THREAD = {"grpo_share"}  # run in this process on one of torch's threads
 STEP = ("time_sample", "time_teacher_exposed", "time_update")
 COMPONENTS = (*STEP, "time_grade", "time_teacher")
 
@@ -90,7 +94,7 @@ def paper_world(root: Path, teacher_scale: float) -> tuple[Path, Path, Path, str
         f"student {size / 1e6:.1f}M params (hidden 256, 4 layers), teacher {ratio:.2f}x ({hidden}, {layers} layers)")
 
 
-def run(flags: list[str], out: Path, steps: int, correct: float | None) -> list[dict]:
+def run(flags: list[str], out: Path, steps: int, correct: float | None, threads: int = 0) -> list[dict]:
     """metrics.jsonl of one run, its first step dropped: in this process, or under torchrun with teacher ranks
     (through `worker`, which grades as this process does: the stand-in verifier when `correct` is given)."""
     flags = [*flags, "--max-steps", str(steps), "--output-dir", str(out), "--eval-every", "0", "--save-every",
@@ -101,7 +105,12 @@ def run(flags: list[str], out: Path, steps: int, correct: float | None) -> list[
                         __file__, "--worker", *stand_in, "--", *flags], check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     else:
-        scope.main(flags)
+        every = torch.get_num_threads()
+        torch.set_num_threads(threads or every)
+        try:
+            scope.main(flags)
+        finally:
+            torch.set_num_threads(every)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
 
 
@@ -127,14 +136,15 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 
 def table(title: str, results: dict[str, dict]) -> str:
-    base = sum(results["grpo"][k] for k in STEP)
+    base, share = (sum(results[name][k] for k in STEP) for name in ("grpo", "grpo_share"))
     lines = [f"### {title}", "", "| configuration | sample | grade | teacher | exposed teacher | update | step | "
-             "/ grpo | exposed teacher's share of step | tokens the teacher scored | frac correct |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "/ grpo | / grpo_share | exposed teacher's share of step | tokens the teacher scored | frac correct |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         step = sum(r[k] for k in STEP)
         lines.append(f"| {name} | {r['time_sample']:.2f} | {r['time_grade']:.3f} | {r['time_teacher']:.2f} | "
                      f"{r['time_teacher_exposed']:.2f} | {r['time_update']:.2f} | {step:.2f} | {step / base:.2f}x | "
+                     f"{step / share:.2f}x | "
                      f"{r['time_teacher_exposed'] / step:.0%} | {r['teacher_share_of_tokens']:.0%} | "
                      f"{r['frac_correct']:.2f} |")
     return "\n".join(lines)
@@ -151,10 +161,21 @@ PAIRS = {"r1-distill-1.5b_skywork-7b": ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.
          "qwen3-1.7b-base_qwen3-8b": ("Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B", 0.190)}
 
 
-def predict() -> str:
+def exposed_teacher(generation: float, teacher: float, correct_update: float, calls: int) -> float:
+    """Seconds a step waits for a teacher on GPUs of its own that gets each of `calls` generate calls' wrong rollouts
+    as the call returns (`teacher` seconds in all, a share per call) and whose last answer the update waits for only
+    after its correct rollouts' part (`correct_update` seconds): what the pipeline leaves past the sampling."""
+    per_call, finished = teacher / calls, 0.0
+    for k in range(1, calls + 1):
+        finished = max(finished, generation * k / calls) + per_call
+    return max(0.0, finished - generation - correct_update)
+
+
+def predict(calls: int = 4) -> str:
     """Table 8 carried to both of the paper's pairs: the student's components scaled by its parameters (from the
     memory plan's shapes), the teacher's by the teacher's, and the teacher's work by the fraction of wrong rollouts
-    when it scores only those. A prediction, not a measurement."""
+    when it scores only those; with the teacher on GPUs of its own (the paper's 4 of 20), what `exposed_teacher`
+    leaves of it over `calls` generate calls. A prediction, not a measurement."""
     from plans import MODELS  # bench/plans.py: the published models' configurations, offline
     import plan
 
@@ -165,15 +186,21 @@ def predict() -> str:
             params[name] = plan.read_shape("model", str(Path(tmp) / name)).params
     s0, t0 = params[PAIRS["r1-distill-1.5b_skywork-7b"][0]], params[PAIRS["r1-distill-1.5b_skywork-7b"][1]]
     lines = ["| pair | fraction correct | GRPO | OPD (G = 1) | SCOPE, teacher scores all | SCOPE, teacher scores the "
-             "wrong ones | their step / GRPO's |", "|---|---:|---:|---:|---:|---:|---|"]
+             f"wrong ones | SCOPE, teacher on its own GPUs ({calls} calls) | their step / GRPO's |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for pair, (student, teacher, correct) in PAIRS.items():
         s, t = params[student] / s0, params[teacher] / t0
         step = {k: s * (v["generation"] + v["old_logprob"] + v["update"]) + v["reward"] + t * v["teacher"]
                 for k, v in TABLE8.items()}
+        wrong_teacher = t * TABLE8["scope_all"]["teacher"] * (1 - correct)
         step["scope"] = step["scope_all"] - t * TABLE8["scope_all"]["teacher"] * correct
+        apart = TABLE8["scope_all"]
+        step["scope_ranks"] = step["scope"] - wrong_teacher + exposed_teacher(
+            s * apart["generation"], wrong_teacher, s * apart["update"] * correct, calls)
         lines.append(f"| {pair} | {correct:.3f} | {step['grpo']:.1f} s | {step['opd_g1']:.1f} s | "
-                     f"{step['scope_all']:.1f} s | {step['scope']:.1f} s | {step['scope_all'] / step['grpo']:.2f}x, "
-                     f"{step['scope'] / step['grpo']:.2f}x |")
+                     f"{step['scope_all']:.1f} s | {step['scope']:.1f} s | {step['scope_ranks']:.1f} s | "
+                     f"{step['scope_all'] / step['grpo']:.2f}x, {step['scope'] / step['grpo']:.2f}x, "
+                     f"{step['scope_ranks'] / step['grpo']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -192,7 +219,7 @@ def main(argv: list[str]):
     if args.steps < 2:
         p.error("--steps must be at least 2: the first step is dropped")
     if args.predict:
-        print(predict())
+        print(predict(args.rollout_calls))
         return
     quiet_libraries()
     print(f"torch threads: {torch.get_num_threads()}; {time.strftime('%Y-%m-%d')}")
@@ -224,7 +251,7 @@ def main(argv: list[str]):
                 for k in range(args.rounds):
                     for name, flags in CONFIGS.items():
                         steps[name] += run([*base, *flags, "--rollout-calls", str(args.rollout_calls)],
-                                           tmp / f"{name}_{k}", args.steps, correct)
+                                           tmp / f"{name}_{k}", args.steps, correct, 1 if name in ONE_THREAD else 0)
             finally:
                 evaluate.grade = real
             print(table(title, {name: summary(rows) for name, rows in steps.items()}) +

@@ -13,12 +13,12 @@ import eval as evaluation
 import scope
 from conftest import ROOT, tiny_args
 
-PROJECT = {"scope", "sample", "verify", "verify_extract", "verify_code", "eval", "toy", "plan", "reliability"}
+PROJECT = {"scope", "sample", "verify", "verify_extract", "verify_code", "eval", "toy", "plan", "reliability", "teacher"}
 # Each file and the project modules it may import: the trainer on top; the graders and sample.py at the bottom.
 ALLOWED = {"verify.py": {"verify_extract"}, "verify_extract.py": set(), "verify_code.py": set(), "sample.py": set(),
            "plan.py": {"sample"}, "eval.py": {"sample", "verify", "verify_code"}, "toy.py": {"sample", "verify"},
-           "reliability.py": {"sample", "plan"},
-           "scope.py": {"sample", "verify", "verify_code", "eval", "plan", "toy", "reliability"}}
+           "reliability.py": {"sample", "plan", "eval"}, "teacher.py": {"sample", "reliability"},
+           "scope.py": {"sample", "verify", "verify_code", "eval", "plan", "toy", "reliability", "teacher"}}
 
 
 def imports(path) -> tuple[set[str], set[str]]:

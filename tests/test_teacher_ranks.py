@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -179,3 +180,28 @@ def test_generate_hands_on_each_call_as_it_returns_and_grading_keeps_their_order
                      stop=stop_ids(student, tok, False), temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8,
                      max_rows=6)
     assert whole.texts == ro.texts and torch.equal(whole.tokens, ro.tokens) and torch.equal(whole.resp, ro.resp)
+
+
+def test_a_call_is_graded_while_the_next_one_samples(tiny_pair):
+    """Grading runs on its own thread: the judge of call 0 waits until call 1 has been sampled, which could never
+    happen if the trainer graded a call before sampling the next."""
+    student_dir, _, _ = tiny_pair
+    student, tok = load_model(str(student_dir), torch.float32, torch.device("cpu"))
+    second_sampled = threading.Event()
+    waited = []
+
+    def judge(text, gold):
+        if gold == 0:  # the first rollout of call 0
+            waited.append(second_sampled.wait(timeout=30))
+        return {"correct": False}
+
+    grading = Grading(judge, list(range(8)), then=lambda *a: None)
+
+    def on_call(first, part):
+        grading.submit(first, part)
+        if first > 0:
+            second_sampled.set()
+
+    generate(student.eval(), tok, ["1+1=", "2+2="], 4, stop=stop_ids(student, tok, False), temperature=1.0,
+             top_p=1.0, top_k=0, max_new_tokens=4, max_rows=4, on_call=on_call)
+    assert grading.verdicts().tolist() == [False] * 8 and waited == [True]
