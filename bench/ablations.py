@@ -28,6 +28,8 @@ wrong), giving Avg@8 and Pass@k for k = 1..8 (eval.pass_at_k). Evaluation sampli
 step) alone, so all variants of one (build, seed) meet the same random numbers, and step 0 is measured
 once per (build, seed). Every variant samples SCOPE's 128 rollouts per step (16 prompts x 8), except
 opd_g1_paper, the paper's own OPD protocol: one rollout for each of SCOPE's 16 prompts, 1/8 of the rollouts.
+kd trains on the build's teacher's solutions instead of rollouts (as many per step): G for each training
+problem, sampled once per build (seed 0, the world's rollout settings) into the build's kd_solutions.jsonl.
 
 Files:
   bench/results/<world>.jsonl  one line per (variant, build, seed, step): avg@8, pass@1..8 (and per class
@@ -95,14 +97,24 @@ VARIANTS = {  # name: scope.py flags on top of the world's config
     "tau_2": ["--tau", "2"],
     "released": preset_flags(ROOT / "configs" / "released.yaml"),  # the authors' code's conventions
     "grpo": ["--algorithm", "grpo"],                        # the paper's RL baseline: no teacher, SCOPE's rollouts
+    "kd": ["--algorithm", "kd"],                            # the paper's offline baseline: SFT on the teacher's samples
 }
+KD_FILE = "kd_solutions.jsonl"  # in each build's directory: the teacher's G solutions to every training problem
 
 
 def variant_flags(name: str, world: scope.Config) -> list[str]:
     """scope.py flags of a variant on a world whose config is `world`."""
     if name == "opd_g1":  # the same rollouts per step: G times more prompts, one rollout each
         return [*VARIANTS[name], "--batch-size", str(world.batch_size * world.group_size)]
+    if name == "kd":  # the build's teacher's solutions, sampled once per build (kd_solutions)
+        return [*VARIANTS[name], "--kd-data", str(Path(world.student).parent / KD_FILE)]
     return list(VARIANTS[name])
+
+
+def kd_solutions(config: Path, flags: list[str]):
+    """The build's teacher's solutions for kd, sampled once per build with seed 0 and the world's rollout settings
+    (`--kd-generate` continues a file a stopped run left, and samples nothing once it is whole)."""
+    scope.main(["--config", str(config), *flags, "--seed", "0", "--kd-generate"])
 
 
 def world_config(world: str) -> Path:
@@ -215,6 +227,8 @@ def run_all(args, results: list[dict], path: Path):
                 if rows is None:
                     rows = held_out(cfg, load_model(cfg.student, torch.float32, torch.device("cpu"))[1],
                                     args.eval_problems)
+                if todo != [0] and variant == "kd":
+                    kd_solutions(config, [*flags, *variant_flags(variant, cfg)])
                 if todo != [0]:
                     train(config, run_dir, [*flags, *variant_flags(variant, cfg)], seed, args.steps, every)
                 for step in todo:
@@ -451,6 +465,8 @@ CLAIMS = [
      [("opd_g1", "avg@8")], None),
     ("SCOPE beats GRPO (the same rollouts, no teacher)", "Table 1 compares them (its numbers are not in this "
      "repository)", "scope", [("grpo", "avg@8")], None),
+    ("SCOPE beats KD (SFT on the teacher's own solutions, as many per step)", "Table 1 compares them (its numbers "
+     "are not in this repository)", "scope", [("kd", "avg@8")], None),
 ]
 
 

@@ -36,6 +36,7 @@ def fields_of(variant: str) -> scope.Config:
     ("tau_2", dict(tau=2.0)),
     ("released", dict(student_weight="reversed", teacher_weight="ppl", weight_scale="mean", mle_tokens="correct",
                       teacher_temperature=1.0, output_dir="runs/toy")),
+    ("kd", dict(algorithm="kd", kd_data=".toy/kd_solutions.jsonl")),   # the build's teacher's solutions
 ])
 def test_each_variant_sets_the_papers_flags_on_the_worlds_config(variant, expected):
     cfg = fields_of(variant)
