@@ -260,11 +260,11 @@ def training_judge(task: str, sandbox: str):
 class Grading:
     """A training step's verdicts, graded one generate call at a time on a thread of their own while the next call
     samples (code's programs run in sandboxes of their own processes; math takes milliseconds). After grading a call
-    the thread runs `then(first, part, correct)` (the trainer sends the teacher its rows there); `seconds` is the
-    grading's own time."""
+    the thread runs `then(first, part, correct)` (the trainer sends the teacher its rows there). seconds: the
+    grading's own time; waited: what `verdicts` waited for it once sampling was done (its exposed time)."""
 
     def __init__(self, judge, golds: list, then):
-        self.judge, self.golds, self.then, self.seconds, self.futures = judge, golds, then, 0.0, []
+        self.judge, self.golds, self.then, self.seconds, self.waited, self.futures = judge, golds, then, 0.0, 0.0, []
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="grading")  # one: calls are graded, and sent, in order
 
     def submit(self, first: int, part):
@@ -281,10 +281,12 @@ class Grading:
 
     def verdicts(self) -> torch.Tensor:
         """(N,) bool, once every call is graded (an error raised while grading is raised here)."""
+        t0 = time.perf_counter()
         try:
             return torch.cat([f.result() for f in self.futures])
         finally:
             self.pool.shutdown()
+            self.waited = time.perf_counter() - t0
 
 
 def batch_seed(seed: int, benchmark: str, first: int) -> int:

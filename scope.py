@@ -43,11 +43,11 @@ from eval import (Grading, append_eval, gather_rollouts, held_out_accuracy, merg
                   sampler_gap, step_metrics, training_judge)
 from reliability import (catch_stop_signals, find_checkpoint, finish, load_checkpoint, out_of_memory, save_checkpoint,
                          stop_now)
-from sample import (PROMPT_SUFFIX, all_max, all_sum, batch_indices, check_context, check_same_tokenizer,
-                    fail, generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker,
-                    load_model, load_rows, load_tokenizer, micro_batches, quiet_libraries, resolve, rollout_copy,
-                    rows_per_call, sampling_with, score, setup_distributed, shard, stop_ids, token_logprobs,
-                    with_prompts, with_solutions, write_solutions)
+from sample import (PROMPT_SUFFIX, all_max, all_sum, batch_indices, check_context, check_same_tokenizer, fail,
+                    generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows,
+                    load_tokenizer, micro_batches, quiet_libraries, resolve, rollout_copy, rows_per_call,
+                    sampling_with, score, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
+                    with_solutions, write_solutions)
 from teacher import Colocated, OnRanks, scored_rollouts, serve, split_world
 from verify_code import training_problems
 
@@ -318,8 +318,8 @@ def accumulate_gradients(student, ro, batches, teacher, scored, correct, group, 
     every micro-batch's correct rollouts (whose loss reads none) have run their part, while it finishes."""
     infos, norms = [[] for _ in batches], loss_norms(ro, correct, batches, cfg, world)
     early = teacher is not None and teacher.remote and cfg.route_by_correctness and cfg.teacher_rollouts == "wrong"
-    frozen = None if teacher is None else torch.zeros(ro.tokens.shape, device=ro.tokens.device) if early else \
-        teacher.receive(ro, scored)
+    frozen = None if teacher is None else teacher.receive(ro, scored) if not early else \
+        torch.zeros(ro.tokens.shape, device=ro.tokens.device)  # early: 0, as for every rollout the teacher skips
     with out_of_memory("update", micro_batch_tokens=cfg.micro_batch_tokens, tokens_per_row=ro.resp.shape[1]):
         for part in ([correct, ~correct] if early else [torch.ones_like(correct)]):
             if early and part is not correct:  # the correct rollouts' part is done: now the wrong ones' teacher
@@ -435,9 +435,9 @@ def main(argv: list[str]):
 
         # ---- sample G answers per problem from the current student (kd: read the teacher's); each generate call's
         #      are graded as it returns, and those the teacher reads go to it (on its own ranks it starts at once)
-        ro, correct, grading = rollouts(rows)                                                               # (N,)
+        ro, correct, grading = rollouts(rows)                                                             # (N,)
         group = torch.arange(len(rows), device=device).repeat_interleave(cfg.group_size)                  # (N,)
-        scored = scored_rollouts(cfg, correct)                                                              # (N,)
+        scored = scored_rollouts(cfg, correct)                                                            # (N,)
         batches = micro_batches(ro, cfg.group_size, cfg.micro_batch_tokens, world)
         eval_due = bool(held_out) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps)
         if fast is not None and eval_due:  # the sampler's own log-probs, to measure how far it is from the learner
@@ -459,7 +459,7 @@ def main(argv: list[str]):
         roll = gather_rollouts(infos, ro, correct, group + rank * per_rank, scored, world, label(rows, ro.texts))
         record = {"step": step + 1, **step_metrics(roll, cfg.group_size), "grad_norm": grad_norm,
                   "skipped": not math.isfinite(grad_norm), "tokens_per_s": roll["n_tokens"].sum().item() / (t2 - t0),
-                  "time_sample": t1 - t0, "time_grade": grading,
+                  "time_sample": t1 - t0, "time_grade": grading.seconds, "time_grade_exposed": grading.waited,
                   "time_update": t2 - t1 - (teacher.waited if teacher else 0),
                   **({"time_teacher": teacher.busy, "time_teacher_exposed": teacher.waited} if teacher else {})}
         if fast is not None and eval_due:
@@ -482,7 +482,7 @@ def main(argv: list[str]):
 
 
 def rollout_source(cfg: Config, student, tok, fast, amp, world: int, sampling: dict, judge, teacher):
-    """The function that gives a step's rollouts for its rows, their verdicts (N,) bool and the grading's seconds: G
+    """The function that gives a step's rollouts for its rows, their verdicts (N,) bool and their eval.Grading: G
     samples per row from the current student, or for kd the teacher's solutions that `--kd-generate` wrote. Each
     generate call is graded on a thread while the next samples (eval.Grading), then its rollouts that the teacher
     reads are sent to it (`scored_rollouts`)."""
@@ -496,13 +496,13 @@ def rollout_source(cfg: Config, student, tok, fast, amp, world: int, sampling: d
             ro = given_rollouts(tok, [r["prompt"] for r in rows], [r["response_ids"] for r in rows], sampling["stop"],
                                 device)
             grading.submit(0, ro)
-            return ro, grading.verdicts(), grading.seconds
+            return ro, grading.verdicts(), grading
         student.eval()
         with sampling_with(student, fast, amp, world), out_of_memory("sampling", rows_per_call=sampling["max_rows"],
                                                                      max_new_tokens=cfg.max_new_tokens):
             ro = generate(student, tok, [r["prompt"] for r in rows], cfg.group_size, temperature=cfg.temperature,
                           on_call=grading.submit, **sampling)
-        return ro, grading.verdicts(), grading.seconds
+        return ro, grading.verdicts(), grading
     return sample
 
 

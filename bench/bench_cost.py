@@ -17,11 +17,14 @@ average before and after:
   scope        SCOPE with the teacher scoring only the rollouts the loss reads, the wrong ones (the default)
   scope_ranks  the same with the teacher on a rank of its own (--teacher-ranks 1), scoring while the student samples
   grpo_share   GRPO on the student's share of the machine when the teacher has a rank of its own: one thread
+  *_1call      grpo, grpo_share and scope_ranks in one generate call a step (--rollout-calls 1): more calls let the
+               teacher (and a slow grader) work beside sampling, but cost sampling more decoding steps
 "sample" is the sampling with the grading that is left when it ends (time_sample), "grade" the grading's own time
 (overlapped), "teacher" the teacher's own time (time_teacher), "exposed teacher" what the step waited for it
 (time_teacher_exposed: all of it in one process), "update" the rest of the update. "step" is sample + exposed
-teacher + update (logging and checkpoints left out), "/ grpo" its ratio to GRPO's step, "/ grpo_share" to GRPO's on
-the student's share (the paper's question: does the teacher, given hardware of its own, still slow the step?).
+teacher + update (logging and checkpoints left out), "/ grpo" its ratio to GRPO's fastest step (grpo or grpo_1call),
+"/ grpo_share" to GRPO's fastest on the student's share (the paper's question: does the teacher, given hardware of
+its own, still slow the step?).
 
 Worlds:
   demo    the demo world (configs/toy.yaml: tiny student and teacher of one size, 3-digit addition), built
@@ -60,7 +63,9 @@ UNIFORM_OPD = ["--route-by-correctness", "false", "--teacher-weight", "uniform"]
 CONFIGS = {"grpo": ["--algorithm", "grpo"], "opd_g1": [*UNIFORM_OPD, "--group-size", "1"],
            "scope_all": ["--teacher-rollouts", "all"], "scope": [], "scope_ranks": ["--teacher-ranks", "1"],
            "grpo_share": ["--algorithm", "grpo"]}
-ONE_THREAD = {"grpo_share"}  # run in this process on one of torch's threads
+CONFIGS.update({f"{name}_1call": [*CONFIGS[name], "--rollout-calls", "1"] for name in ("grpo", "grpo_share",
+                                                                                          "scope_ranks")})
+ONE_THREAD = {"grpo_share", "grpo_share_1call"}  # run in this process on one of torch's threads
 STEP = ("time_sample", "time_teacher_exposed", "time_update")
 COMPONENTS = (*STEP, "time_grade", "time_teacher")
 
@@ -136,7 +141,8 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 
 def table(title: str, results: dict[str, dict]) -> str:
-    base, share = (sum(results[name][k] for k in STEP) for name in ("grpo", "grpo_share"))
+    base, share = (min(sum(results[n][k] for k in STEP) for n in (name, f"{name}_1call") if n in results)
+                   for name in ("grpo", "grpo_share"))
     lines = [f"### {title}", "", "| configuration | sample | grade | teacher | exposed teacher | update | step | "
              "/ grpo | / grpo_share | exposed teacher's share of step | tokens the teacher scored | frac correct |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -250,7 +256,7 @@ def main(argv: list[str]):
             try:
                 for k in range(args.rounds):
                     for name, flags in CONFIGS.items():
-                        steps[name] += run([*base, *flags, "--rollout-calls", str(args.rollout_calls)],
+                        steps[name] += run([*base, "--rollout-calls", str(args.rollout_calls), *flags],
                                            tmp / f"{name}_{k}", args.steps, correct, 1 if name in ONE_THREAD else 0)
             finally:
                 evaluate.grade = real

@@ -23,7 +23,7 @@ import scope
 from conftest import ROOT, tiny_args
 from test_distributed import torchrun
 
-VOLATILE = ("time_sample", "time_grade", "time_teacher", "time_teacher_exposed", "time_update", "tokens_per_s")
+VOLATILE = ("time_sample", "time_grade", "time_grade_exposed", "time_teacher", "time_teacher_exposed", "time_update", "tokens_per_s")
 
 
 def metrics(run) -> list[dict]:

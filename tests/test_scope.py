@@ -95,7 +95,7 @@ def test_a_run_writes_metrics_and_a_student_that_plain_hf_reloads(tiny_pair, tmp
     assert [r["step"] for r in lines] == [1, 2]
     wanted = ["loss", "loss_mle", "loss_opd", "frac_correct", "frac_all_correct", "frac_all_wrong", "frac_truncated",
               "response_len", "kl", "w_mle_min", "w_opd_max", "w_opd_entropy", "ppl_student", "ppl_teacher",
-              "tokens_per_s", "time_sample", "time_grade", "time_teacher", "time_teacher_exposed", "time_update"]
+              "tokens_per_s", "time_sample", "time_grade", "time_grade_exposed", "time_teacher", "time_teacher_exposed", "time_update"]
     for r in lines:
         assert all(k in r for k in wanted)
         assert all(v is None or v == v for v in r.values())  # no NaN
