@@ -7,7 +7,7 @@ clone on 2026-12-06 (2 CPU cores shared with other jobs, so the times are upper 
 (274 s, the set-up of the first test in test_distributed.py that takes it; 0 s once .toy holds it), the demo's
 40 steps in test_scope.py (test_scope_raises_the_demo_students_held_out_accuracy), the teacher's KD data in
 test_baselines.py, the GPU check on tiny models in test_fast_rollouts.py, and each torchrun test of
-test_distributed.py.
+test_distributed.py and test_teacher_ranks.py.
 """
 import fcntl
 import json
