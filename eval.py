@@ -53,8 +53,8 @@ from tqdm import tqdm
 from transformers.hf_argparser import string_to_bool
 from transformers.utils import cached_file
 
-from sample import (PROMPT_SUFFIX, all_sum, build_prompt, fail, generate, kv_bytes_per_token, load_model, load_rows,
-                    quiet_libraries, resolve, rows_per_call, setup_distributed, stop_ids)
+from sample import (PROMPT_SUFFIX, all_sum, build_prompt, compute_dtype, fail, generate, kv_bytes_per_token, load_model,
+                    load_rows, quiet_libraries, resolve, rows_per_call, setup_distributed, stop_ids)
 from verify import extract_answer, grade
 from verify_code import CODE_BENCHMARKS, SandboxUnavailable, check_sandbox, code_rows, extract_code, grade_many
 
@@ -399,7 +399,7 @@ def run(args, benchmarks: dict[str, list[dict]], rank: int, world: int, device: 
     (Only a batch whose write was itself cut off is left part done; its unfinished problems are then
     sampled alone: valid samples, though not the very ones an uninterrupted run would have drawn.)
     """
-    dtype = torch.bfloat16 if device.type == "cuda" and args.dtype == "bfloat16" else torch.float32
+    dtype = compute_dtype(args.dtype, device)
     model, tokenizer = load_model(args.model, dtype, device)
     model.eval()
     stop = stop_ids(model, tokenizer, args.chat_template)

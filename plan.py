@@ -171,9 +171,6 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     # bf16 student weights: gathered by FSDP, or autocast's cache of casts on one GPU
     student_copy = a * S if sharded else (2 * S if a == 2 else 0)
 
-    def gathered(m: Shape) -> float:                   # FSDP: two layers and the root, in compute dtype
-        return a * (2 * m.layer_params + m.root_params)
-
     # ---- generation: rows_per_call rows at a time, sized (as the trainer does) with the cache's real dtype
     fast = cfg.rollouts == "static"                    # the fast path: sample.RolloutCopy
     kv_value = a if sharded or fast else 4             # plain path on one GPU: fp32 K after RoPE, an fp32 cache
@@ -200,11 +197,13 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     mask = mb_rows * width * width                     # entries of the (rows, 1, width, width) mask
 
     # ---- teacher scoring: no grad, only the last hidden state kept
-    teacher_on = gathered(teacher) if shard_teacher and teacher else 0
-    scoring = held + teacher_on + T * layer_live(teacher, a, a) + mask * (1 + a) if teacher else 0
+    teacher_on = gathered(teacher, a) if shard_teacher and teacher else 0
+    chunk = min(cfg.logprob_chunk_tokens, T)
+    forward, teacher_head = teacher_scoring(teacher, T, mask, chunk, a) if teacher else (0, 0)
+    scoring = held + teacher_on + forward if teacher else 0
 
     # ---- update: the student with grad
-    student_on = (gathered(student) + 4 * student.layer_params) if sharded else student_copy
+    student_on = (gathered(student, a) + 4 * student.layer_params) if sharded else student_copy
     base = held + grads + student_on
     if cfg.gradient_checkpointing:
         saved = student.layers * T * r * student.hidden
@@ -215,11 +214,8 @@ def estimate(cfg, student: Shape, teacher: Shape) -> tuple[list[tuple], dict]:
     update = base + body + 2 * T * r * student.hidden  # + the residual stream's gradients
 
     # ---- the log-prob head: the last hidden state, the packed response positions, chunks of fp32 logits
-    chunk = min(cfg.logprob_chunk_tokens, T)
-    t_head = (teacher.head_rows * teacher.hidden * 4 if a != 4 and teacher else 0)  # fp32 copy of a bf16 head
-    s_head = (2 * student.head_rows * student.hidden * 4) if sharded and a != 4 else 0  # and its grad
-    head_teacher = (held + teacher_on + 2 * T * a * teacher.hidden + t_head
-                    + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4) if teacher else 0
+    s_head = (2 * student.head_rows * student.hidden * 4) if sharded and a != 4 else 0  # fp32 head copy and its grad
+    head_teacher = held + teacher_on + teacher_head if teacher else 0
     head_student = (base + saved + 2 * T * r * student.hidden + T * 4 * student.hidden + s_head
                     + HEAD_COPIES_GRAD * chunk * student.head_rows * 4)
     head = max(head_teacher, head_student)
@@ -251,21 +247,36 @@ def teacher_rank_phases(cfg, teacher: Shape, k: int) -> list[tuple]:
     a = 2 if cfg.dtype == "bfloat16" else 4
     n = k if cfg.shard_teacher else 1
     width = cfg.max_prompt_tokens + cfg.max_new_tokens
-    held = a * teacher.params / n
-    gathered = a * (2 * teacher.layer_params + teacher.root_params) if n > 1 else 0
+    held = a * teacher.params / n + (gathered(teacher, a) if n > 1 else 0)
     rows = max(1, cfg.micro_batch_tokens // width)
     T, mask = rows * width, rows * width * width
     chunk = min(cfg.logprob_chunk_tokens, T)
-    t_head = teacher.head_rows * teacher.hidden * 4 if a != 4 else 0  # fp32 copy of a bf16 head
+    forward, head = teacher_scoring(teacher, T, mask, chunk, a)
     field = PHASE_FIELDS["teacher ranks"]
     return [
-        ("teacher ranks: weights", held, field, f"teacher {a / n:g} B/param on each of {k} rank{'s' * (k > 1)}"),
-        ("teacher ranks: scoring", held + gathered + T * layer_live(teacher, a, a) + mask * (1 + a), field,
+        ("teacher ranks: weights", a * teacher.params / n, field,
+         f"teacher {a / n:g} B/param on each of {k} rank{'s' * (k > 1)}"),
+        ("teacher ranks: scoring", held + forward, field,
          f"{rows} rows x {width} tokens; mask {mask * (1 + a) / GB:.1f} GB"),
-        ("teacher ranks: log-prob chunk", held + gathered + 2 * T * a * teacher.hidden + t_head
-         + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4, PHASE_FIELDS["log-prob chunk"],
+        ("teacher ranks: log-prob chunk", held + head, PHASE_FIELDS["log-prob chunk"],
          f"{chunk} tokens x {teacher.head_rows} rows of fp32 logits"),
     ]
+
+
+def gathered(m: Shape, a: int) -> int:
+    """Bytes FSDP holds unsharded in forward: two layers (one prefetched) and the root, in compute bytes a."""
+    return a * (2 * m.layer_params + m.root_params)
+
+
+def teacher_scoring(teacher: Shape, T: int, mask: int, chunk: int, a: int) -> tuple[int, int]:
+    """Bytes beyond its weights while the teacher scores a micro-batch of T tokens (no grad; `mask` entries of the
+    padding mask): its forward (the residual stream, one layer's live tensors, the mask in bool and compute dtype),
+    then its log-prob head (the last hidden state and packed positions, an fp32 copy of a bf16 head, `chunk`
+    tokens of fp32 logits)."""
+    forward = T * layer_live(teacher, a, a) + mask * (1 + a)
+    head = (2 * T * a * teacher.hidden + (teacher.head_rows * teacher.hidden * 4 if a != 4 else 0)
+            + HEAD_COPIES_NO_GRAD * chunk * teacher.head_rows * 4)
+    return forward, head
 
 
 def millions(count: int) -> str:

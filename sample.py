@@ -334,7 +334,7 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
             fail(f"a prompt of {P} tokens + max_new_tokens {max_new_tokens} exceeds the rollout cache "
                  f"({static.max_len} tokens: max_prompt_tokens + max_new_tokens)")
         config.compile_config, config.disable_compile = static.compile, static.compile is None
-    heads = [h for h in response_heads(tokenizer, prompts) for _ in range(group_size)]
+    heads = response_heads(tokenizer, prompts, group_size)
     parts = []
     for start in range(0, n, max_rows or n):  # the KV cache of one call stays within its budget
         rows = slice(start, start + (max_rows or n))
@@ -353,10 +353,11 @@ def generate(model, tokenizer, prompts: list[str], group_size: int, *, stop: lis
     return joined(parts, pad)
 
 
-def response_heads(tokenizer, prompts: list[str]) -> list[str]:
-    """Per prompt, the text its responses start inside of: the thought a prompt opened and left open, or ""."""
+def response_heads(tokenizer, prompts: list[str], group_size: int) -> list[str]:
+    """Per row (each prompt's G in turn), the text its response starts inside of: the thought the prompt opened and
+    left open, or ""."""
     opened = thinking_opened(tokenizer)
-    return [opened if opened and p.endswith(opened) else "" for p in prompts]
+    return [opened if opened and p.endswith(opened) else "" for p in prompts for _ in range(group_size)]
 
 
 def as_rollouts(tokenizer, heads: list[str], prompt_ids, prompt_attn, response, stop: list[int]) -> Rollouts:
@@ -390,8 +391,8 @@ def given_rollouts(tokenizer, prompts: list[str], responses: list[list[list[int]
     flat = [torch.tensor(ids) for each in responses for ids in each]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     response = torch.nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=pad)          # (N, R)
-    heads = [h for h in response_heads(tokenizer, prompts) for _ in range(group_size)]
-    return as_rollouts(tokenizer, heads, enc.input_ids.repeat_interleave(group_size, 0).to(device),
+    return as_rollouts(tokenizer, response_heads(tokenizer, prompts, group_size),
+                       enc.input_ids.repeat_interleave(group_size, 0).to(device),
                        enc.attention_mask.repeat_interleave(group_size, 0).bool().to(device), response.to(device), stop)
 
 
@@ -685,11 +686,19 @@ def setup_distributed(backend: str | None = None, timeout=None):
     if dist.is_initialized():  # the job was split already (teacher.split_world): this side's group
         return dist.get_rank(), dist.get_world_size(), device
     if world > 1:
-        # on GPU, gloo beside nccl: the few small numbers the trainer reduces live on the CPU
-        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"),
-                                timeout=timeout or collective_timeout())
+        dist.init_process_group(backend or default_backend(device), timeout=timeout or collective_timeout())
         return dist.get_rank(), world, device
     return 0, 1, device
+
+
+def compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype models compute in: bf16 on GPU when asked (`dtype` "bfloat16"), float32 otherwise."""
+    return torch.bfloat16 if device.type == "cuda" and dtype == "bfloat16" else torch.float32
+
+
+def default_backend(device: torch.device) -> str:
+    """gloo on CPU; on GPU, gloo beside nccl: the few small numbers the trainer reduces live on the CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def collective_timeout() -> timedelta:

@@ -43,11 +43,11 @@ from eval import (Grading, append_eval, gather_rollouts, held_out_accuracy, merg
                   sampler_gap, step_metrics, training_judge)
 from reliability import (catch_stop_signals, find_checkpoint, finish, load_checkpoint, out_of_memory, save_checkpoint,
                          stop_now)
-from sample import (PROMPT_SUFFIX, all_max, all_sum, batch_indices, check_context, check_same_tokenizer, fail,
-                    generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker, load_model, load_rows,
-                    load_tokenizer, micro_batches, quiet_libraries, resolve, rollout_copy, rows_per_call,
-                    sampling_with, score, setup_distributed, shard, stop_ids, token_logprobs, with_prompts,
-                    with_solutions, write_solutions)
+from sample import (PROMPT_SUFFIX, all_max, all_sum, batch_indices, check_context, check_same_tokenizer,
+                    compute_dtype, fail, generate, given_rollouts, kv_bytes_per_token, leave_torchrun_worker,
+                    load_model, load_rows, load_tokenizer, micro_batches, quiet_libraries, resolve, rollout_copy,
+                    rows_per_call, sampling_with, score, setup_distributed, shard, stop_ids, token_logprobs,
+                    with_prompts, with_solutions, write_solutions)
 from teacher import Colocated, OnRanks, scored_rollouts, serve, split_world
 from verify_code import training_problems
 
@@ -317,6 +317,7 @@ def accumulate_gradients(student, ro, batches, teacher, scored, correct, group, 
     before the first micro-batch, or, when it runs on ranks of its own and scores only the wrong rollouts, after
     every micro-batch's correct rollouts (whose loss reads none) have run their part, while it finishes."""
     infos, norms = [[] for _ in batches], loss_norms(ro, correct, batches, cfg, world)
+    index = torch.arange(len(correct), device=correct.device)                                            # (N,)
     early = teacher is not None and teacher.remote and cfg.route_by_correctness and cfg.teacher_rollouts == "wrong"
     frozen = None if teacher is None else teacher.receive(ro, scored) if not early else \
         torch.zeros(ro.tokens.shape, device=ro.tokens.device)  # early: 0, as for every rollout the teacher skips
@@ -325,11 +326,11 @@ def accumulate_gradients(student, ro, batches, teacher, scored, correct, group, 
             if early and part is not correct:  # the correct rollouts' part is done: now the wrong ones' teacher
                 frozen = teacher.receive(ro, scored)
             for info, (r, c), (norm, norm_mle) in zip(infos, batches, norms, strict=True):
-                rows = torch.arange(len(correct), device=correct.device)[r][part[r]]
+                rows = index[r][part[r]]                                        # this part's rows of the batch
                 if len(rows) == 0 and world == 1:
                     continue
                 idle = len(rows) == 0  # under FSDP every rank runs each forward: this one on a row, counting nothing
-                rows = rows if not idle else torch.arange(r.start, r.start + 1, device=correct.device)
+                rows = rows if not idle else index[r.start:r.start + 1]
                 with amp:
                     logp = token_logprobs(student, ro.tokens[rows, c], ro.attn[rows, c], ro.resp[rows, c], vocab=vocab,
                                           temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
@@ -398,7 +399,7 @@ def main(argv: list[str]):
     resume_from = find_checkpoint(cfg, out_dir)
     toy.build_missing_world(cfg, world)
     check_context(cfg.student, cfg.max_prompt_tokens + cfg.max_new_tokens)
-    compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
+    compute = compute_dtype(cfg.dtype, device)
     amp = torch.autocast("cuda", dtype=compute) if device.type == "cuda" and world == 1 else nullcontext()
     student, teacher, tok, fast = load_models(cfg, device, compute, world, amp, link)
     vocab = len(tok)  # log-probs over the shared tokenizer's ids only (heads may have padding rows)
@@ -530,7 +531,7 @@ def write_kd_data(cfg: Config, device: torch.device, world: int):
     if world > 1:
         fail("--kd-generate runs in one process: start it with python, not torchrun")
     toy.build_missing_world(cfg, world)
-    compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
+    compute = compute_dtype(cfg.dtype, device)
     teacher, tok = load_model(cfg.teacher, compute, device)
     write_solutions(teacher.eval(), tok, problems(cfg, tok, world), Path(cfg.kd_data), resolve(cfg.teacher),
                     group_size=cfg.group_size, seed=cfg.seed, temperature=cfg.temperature,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from reliability import out_of_memory
-from sample import Rollouts, collective_timeout, fail, load_model, score_rows, shard
+from sample import Rollouts, collective_timeout, compute_dtype, default_backend, fail, load_model, score_rows, shard
 
 ROWS, STOP = 0, 1  # what a message header announces: rows to score, or the end of training
 
@@ -71,7 +71,7 @@ def split_world(teacher_ranks: int) -> Link:
     store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
     students = size - teacher_ranks
     side, rank_in_side = ("student", rank) if rank < students else ("teacher", rank - students)
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    backend = default_backend(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dist.init_process_group(backend, store=dist.PrefixStore(side, store), rank=rank_in_side,
                             world_size=students if side == "student" else teacher_ranks, timeout=timeout)
     return Link(dist.ProcessGroupGloo(dist.PrefixStore("link", store), rank, size, timeout), rank, students, size)
@@ -148,7 +148,7 @@ class OnRanks:
         sent = self.guard(lambda: self.link.post(out, self.link.leader))
         got = self.guard(lambda: [self.link.fetch(t, self.link.leader) for t in ([seconds, logp] if n else [seconds])])
         rows_at = first + scored.nonzero()[:, 0].cpu()                                              # (n,)
-        self.pending.append((rows_at, seconds, logp, out, sent + got))
+        self.pending.append((rows_at, seconds, logp, out, sent + got))  # `out` kept alive until its sends are done
 
     def receive(self, ro: Rollouts, scored: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -206,7 +206,7 @@ def serve(cfg, link: Link, device: torch.device):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    compute = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "bfloat16" else torch.float32
+    compute = compute_dtype(cfg.dtype, device)
     model, tok = load_model(cfg.teacher, compute, device)
     model.requires_grad_(False).eval()
     k, me = link.size - link.students, link.rank - link.students
